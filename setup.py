@@ -1,0 +1,120 @@
+"""Build the one CUDA extension, mla_backend._C: sm_90a only, Python limited API (abi3, cp310).
+
+Metadata lives in pyproject.toml. MLA_BACKEND_SKIP_EXT=1 installs the pure-Python package.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent.resolve()
+BUILD_INFO = ROOT / "mla_backend" / "_build_info.py"
+
+SOURCES = [
+    "csrc/torch_bindings.cpp",
+    "csrc/ops/decode.cpp",
+    "csrc/ops/metadata.cpp",
+    "csrc/sm90/decode/instantiations/decode_m16.cu",
+    "csrc/sm90/decode/instantiations/decode_m32.cu",
+    "csrc/sm90/decode/instantiations/decode_m64.cu",
+    "csrc/smxx/combine.cu",
+    "csrc/smxx/metadata.cu",
+]
+
+NVCC_FLAGS = [
+    # wgmma and TMA need the arch-specific "a" target; nothing else is built.
+    "-gencode=arch=compute_90a,code=sm_90a",
+    "-O3",
+    "-DNDEBUG",
+    "-lineinfo",
+    "--expt-relaxed-constexpr",
+    "-std=c++17",
+    # Resource report per kernel, with spills and local memory flagged.
+    "-Xptxas=-v,-warn-spills,-warn-lmem-usage",
+    # torch adds these -D flags to every nvcc call; the kernels use the bf16/half operators.
+    "-U__CUDA_NO_HALF_OPERATORS__",
+    "-U__CUDA_NO_HALF_CONVERSIONS__",
+    "-U__CUDA_NO_HALF2_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+]
+
+# The same value torch's BuildExtension defines for py_limited_api extensions, spelled the same
+# way so the two definitions do not clash.
+PY_LIMITED_API = "0x030A0000"  # CPython 3.10
+
+
+def _string_define(name: str, value: str) -> str:
+    # BuildExtension shell-quotes each flag for ninja's /bin/sh, so plain quotes reach the
+    # compiler and the macro expands to a string literal.
+    return f'-D{name}="{value}"'
+
+
+def _find_ninja() -> None:
+    # pip does not put an unactivated venv's bin/ on PATH, where `pip install ninja` puts it.
+    if shutil.which("ninja") is None:
+        here = os.path.dirname(sys.executable)
+        if os.path.exists(os.path.join(here, "ninja")):
+            os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+        else:
+            raise RuntimeError("building mla_backend._C needs ninja: pip install ninja")
+
+
+def _find_cuda_home() -> None:
+    # torch derives CUDA_HOME from the first nvcc on PATH, which may be a wrapper outside the
+    # toolkit (then libcudart is not found at link time); prefer the standard install.
+    default = Path("/usr/local/cuda")
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        if (default / "bin" / "nvcc").exists():
+            os.environ["CUDA_HOME"] = str(default)
+
+
+def _write_build_info(torch_version: str, cuda_version: str) -> None:
+    BUILD_INFO.write_text(
+        '"""Written by setup.py: the torch build the extension was compiled against."""\n\n'
+        f"TORCH_VERSION = {torch_version!r}\n"
+        f"CUDA_VERSION = {cuda_version!r}\n"
+    )
+
+
+def _extension_kwargs() -> dict:
+    if os.environ.get("MLA_BACKEND_SKIP_EXT", "0") == "1":
+        return {}
+
+    _find_cuda_home()
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    if torch.version.cuda is None:
+        raise RuntimeError(
+            f"torch {torch.__version__} is a CPU build; mla_backend._C needs a CUDA build of "
+            "torch (or set MLA_BACKEND_SKIP_EXT=1 for the pure-Python package)"
+        )
+    _find_ninja()
+    _write_build_info(torch.__version__, torch.version.cuda)
+
+    versions = [
+        _string_define("MLA_TORCH_VERSION", torch.__version__),
+        _string_define("MLA_CUDA_VERSION", torch.version.cuda),
+    ]
+    ext = CUDAExtension(
+        name="mla_backend._C",
+        sources=SOURCES,
+        include_dirs=[str(ROOT / "csrc" / "include"), str(ROOT / "csrc")],
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17", f"-DPy_LIMITED_API={PY_LIMITED_API}", *versions],
+            "nvcc": [*NVCC_FLAGS, *versions],
+        },
+        py_limited_api=True,
+    )
+    return {
+        "ext_modules": [ext],
+        # Ninja is what makes the build parallel; it honours MAX_JOBS.
+        "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)},
+        "options": {"bdist_wheel": {"py_limited_api": "cp310"}},
+    }
+
+
+setup(**_extension_kwargs())
