@@ -1,0 +1,59 @@
+// Plain parameter structs shared by the torch-facing ops and the kernels (no torch here).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+namespace mla {
+
+// Problem constants of DeepSeek-style MLA: one 576-dim latent per cached token.
+constexpr int kDimQK = 576;    // 512 latent + 64 rope
+constexpr int kDimV = 512;     // V is the first 512 dims of the cached latent
+constexpr int kPageSize = 64;  // tokens per KV-cache page
+constexpr int kMaxQTokens = 16;
+constexpr int kMaxHeads = 128;
+// Split-KV cost of one sequence = its pages + this many page-equivalents (Q load, epilogue).
+constexpr int kFixedCostPages = 2;
+
+struct MetadataParams {
+  const int* seqlens;  // [batch]
+  int* part_meta;      // [num_parts, 4]: b_begin, b_end, unit_begin, unit_end
+  int* batch_meta;     // [batch, 4]: page0_unit, first_part, num_splits, split_slot
+  int batch;
+  int num_parts;
+};
+
+struct DecodeParams {
+  // Inputs
+  const __nv_bfloat16* q;  // [batch, s_q, h_q, 576], last dim contiguous
+  int64_t q_batch_stride, q_token_stride, q_head_stride;
+  const __nv_bfloat16* kv;  // [num_pages, 64, 576] (or [num_pages, 64, 1, 576]), last dim contiguous
+  int64_t kv_page_stride, kv_token_stride;
+  int num_pages;
+  const int* block_table;  // [batch, max_pages]
+  int64_t block_table_stride;
+  int max_pages;
+  const int* seqlens;     // [batch]
+  const int* part_meta;   // [num_parts, 4], from the metadata kernel
+  const int* batch_meta;  // [batch, 4], from the metadata kernel
+
+  // Outputs
+  __nv_bfloat16* out;  // [batch, s_q, h_q, 512], last dim contiguous
+  int64_t out_batch_stride, out_token_stride, out_head_stride;
+  float* lse;  // [batch, s_q, h_q]
+  int64_t lse_batch_stride, lse_token_stride, lse_head_stride;
+  float* o_accum;    // [2 * num_parts, rows, 512], partial results of split sequences
+  float* lse_accum;  // [2 * num_parts, rows]
+
+  // Sizes
+  int batch, s_q, h_q;
+  int rows;  // s_q * h_q: query rows per sequence, row r = token * h_q + head
+  int num_parts;
+  int num_m_tiles;  // ceil(rows / rows per CTA)
+
+  float scale_log2;  // softmax_scale * log2(e): scores live in the exp2 domain
+  bool causal;
+};
+
+}  // namespace mla

@@ -1,0 +1,20 @@
+// The torch-facing op entry points registered in torch_bindings.cpp.
+#pragma once
+
+#include <string>
+
+#include <ATen/ATen.h>
+
+namespace mla::ops {
+
+void get_decode_metadata(const at::Tensor& seqlens, const at::Tensor& part_meta,
+                         const at::Tensor& batch_meta);
+
+void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_table,
+            const at::Tensor& seqlens, const at::Tensor& part_meta, const at::Tensor& batch_meta,
+            double softmax_scale, bool causal, const at::Tensor& out, const at::Tensor& lse,
+            const at::Tensor& o_accum, const at::Tensor& lse_accum);
+
+std::string build_info();
+
+}  // namespace mla::ops
