@@ -1,0 +1,191 @@
+"""The fp32 PyTorch reference for paged MLA decode: the single source of truth for semantics.
+
+Also the naive dense attention the reference is tested against, and the input builder the tests
+use to make bugs loud (NaN in unused cache slots, permuted pages, out-of-range unused page ids).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+HEAD_DIM_QK = 576  # K: the whole latent vector (512 compressed KV + 64 rope)
+HEAD_DIM_V = 512  # V: the first 512 dims of the same vector
+PAGE_SIZE = 64  # tokens per KV-cache page
+# Written into block-table entries past ceil(seqlen / 64): reading one faults or shows NaN.
+OUT_OF_RANGE_PAGE = 1_000_000_000
+
+
+def mla_decode_reference(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seqlens: torch.Tensor,
+    softmax_scale: float,
+    causal: bool = True,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paged MLA decode, computed plainly (reads ``seqlens`` on the host; not for the hot path).
+
+    Args:
+        q: ``[B, s_q, h_q, 576]``, any float dtype, any strides.
+        kv_cache: ``[num_pages, 64, 576]`` or ``[num_pages, 64, 1, 576]``; K is all 576 dims of a
+            token's vector, V its first 512.
+        block_table: ``[B, max_pages]`` integer page ids; only the first ``ceil(L / 64)`` entries
+            of row ``b`` are read, so the rest may hold anything.
+        seqlens: ``[B]`` integer cache length ``L`` per sequence, the ``s_q`` new tokens included.
+        softmax_scale: multiplies ``q . k`` before the softmax.
+        causal: query token ``i`` sees cache positions ``< L - s_q + i + 1``; otherwise all ``< L``.
+        compute_dtype: dtype of the arithmetic; fp32 is the reference, bf16 gives the
+            same-precision baseline of the tests' error rule.
+
+    Returns:
+        ``out`` fp32 ``[B, s_q, h_q, 512]`` and ``lse`` fp32 ``[B, s_q, h_q]``, the natural-log
+        sum of exp of the scaled scores. A row that sees no position gets ``out = 0`` and
+        ``lse = -inf``. Cache slots at positions ``>= L`` are never read, so NaN there is harmless.
+    """
+    batch, s_q, h_q, head_dim = q.shape
+    if head_dim != HEAD_DIM_QK:
+        raise ValueError(f"q last dim must be {HEAD_DIM_QK}, got {head_dim}")
+    out = torch.zeros(batch, s_q, h_q, HEAD_DIM_V, dtype=torch.float32, device=q.device)
+    lse = torch.full((batch, s_q, h_q), -math.inf, dtype=torch.float32, device=q.device)
+    for b, length in enumerate(seqlens.tolist()):
+        if length < 0:
+            raise ValueError(f"seqlens[{b}] = {length} is negative")
+        if length == 0:
+            continue
+        num_pages = math.ceil(length / PAGE_SIZE)
+        page_ids = block_table[b, :num_pages].long()
+        kv = kv_cache[page_ids].reshape(num_pages * PAGE_SIZE, HEAD_DIM_QK)[:length]
+        out[b], lse[b] = _attend(q[b], kv, softmax_scale, causal, compute_dtype)
+    return out, lse
+
+
+def _attend(
+    q: torch.Tensor, kv: torch.Tensor, scale: float, causal: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence: q ``[s_q, h_q, 576]``, kv ``[L, 576]`` -> out ``[s_q, h_q, 512]``, lse."""
+    s_q, length = q.shape[0], kv.shape[0]
+    k, v = kv.to(dtype), kv[:, :HEAD_DIM_V].to(dtype)
+    scores = torch.einsum("shd,ld->shl", q.to(dtype), k) * scale
+    visible = visible_positions(s_q, length, causal, q.device)[:, None, :]  # [s_q, 1, L]
+    scores = scores.masked_fill(~visible, -math.inf)
+    lse = torch.logsumexp(scores, dim=-1)
+    # A row with nothing visible has lse = -inf and exp(-inf - -inf) = NaN: mask after the exp.
+    probs = torch.exp(scores - lse[..., None]).masked_fill(~visible, 0.0)
+    out = torch.einsum("shl,lv->shv", probs, v)
+    return out.float(), lse.float()
+
+
+def visible_positions(s_q: int, length: int, causal: bool, device=None) -> torch.Tensor:
+    """Bool ``[s_q, L]``: which cache positions each query token of the sequence sees."""
+    pos = torch.arange(length, device=device)
+    if not causal:
+        return (pos < length).expand(s_q, length)
+    limit = length - s_q + 1 + torch.arange(s_q, device=device)
+    return pos[None, :] < limit[:, None]
+
+
+def naive_dense_attention(
+    q: torch.Tensor, kv: torch.Tensor, softmax_scale: float, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fp64 attention of one sequence over its dense cache, one query token at a time.
+
+    q ``[s_q, h_q, 576]``, kv ``[L, 576]`` -> out fp64 ``[s_q, h_q, 512]``, lse fp64
+    ``[s_q, h_q]``. Written independently of the paged reference (prefix slices and softmax
+    instead of masks and logsumexp) so the tests can check one against the other.
+    """
+    s_q, h_q, _ = q.shape
+    length = kv.shape[0]
+    out = torch.zeros(s_q, h_q, HEAD_DIM_V, dtype=torch.float64, device=q.device)
+    lse = torch.full((s_q, h_q), -math.inf, dtype=torch.float64, device=q.device)
+    for i in range(s_q):
+        seen = length - s_q + i + 1 if causal else length
+        if seen <= 0:
+            continue
+        keys = kv[:seen].double()
+        scores = q[i].double() @ keys.T * softmax_scale  # [h_q, seen]
+        lse[i] = torch.logsumexp(scores, dim=-1)
+        out[i] = torch.softmax(scores, dim=-1) @ keys[:, :HEAD_DIM_V]
+    return out, lse
+
+
+@dataclass
+class DecodeInputs:
+    """Inputs of one decode call, plus each sequence's cache contents in dense form."""
+
+    q: torch.Tensor  # [B, s_q, h_q, 576]
+    kv_cache: torch.Tensor  # [num_pages, 64, 576] or [num_pages, 64, 1, 576]
+    block_table: torch.Tensor  # [B, max_pages] int32
+    seqlens: torch.Tensor  # [B] int32
+    kv: list[torch.Tensor]  # per sequence b: [seqlens[b], 576], what the pages hold
+
+
+def make_decode_inputs(
+    seqlens: Sequence[int],
+    s_q: int,
+    h_q: int,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    kv_4d: bool = False,
+    q_strided: bool = False,
+    num_pages: int | None = None,
+    max_pages: int | None = None,
+    generator: torch.Generator | None = None,
+) -> DecodeInputs:
+    """Random decode inputs built to make bugs loud.
+
+    Every cache slot that belongs to no sequence (past ``L`` in a last page, or in a page no
+    sequence uses) holds NaN; pages are drawn in random order from the whole pool; block-table
+    entries past ``ceil(L / 64)`` hold ``OUT_OF_RANGE_PAGE``.
+
+    Args:
+        seqlens: cache length per sequence.
+        kv_4d: give ``kv_cache`` the ``[num_pages, 64, 1, 576]`` layout.
+        q_strided: make ``q`` a non-contiguous view (padded rows, heads and tokens swapped in
+            memory); its last dim stays contiguous.
+        num_pages: pool size; default: the pages needed plus a few spare.
+        max_pages: block-table width; default: one more than the longest sequence needs.
+        generator: random source, on ``device``.
+    """
+    pages_per_seq = [math.ceil(length / PAGE_SIZE) for length in seqlens]
+    needed = sum(pages_per_seq)
+    num_pages = needed + 3 if num_pages is None else num_pages
+    max_pages = max(pages_per_seq, default=0) + 1 if max_pages is None else max_pages
+    if num_pages < needed or max_pages < max(pages_per_seq, default=0):
+        raise ValueError("num_pages or max_pages too small for seqlens")
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, device=device).to(dtype)
+
+    batch = len(seqlens)
+    if q_strided:
+        q = randn(batch, h_q, s_q, HEAD_DIM_QK + 64)[..., 32 : 32 + HEAD_DIM_QK].transpose(1, 2)
+    else:
+        q = randn(batch, s_q, h_q, HEAD_DIM_QK)
+
+    cache = torch.full((num_pages * PAGE_SIZE, HEAD_DIM_QK), math.nan, dtype=dtype, device=device)
+    block_table = torch.full(
+        (batch, max_pages), OUT_OF_RANGE_PAGE, dtype=torch.int32, device=device
+    )
+    order = torch.randperm(num_pages, generator=generator, device=device)
+    kv, first = [], 0
+    for b, (length, n) in enumerate(zip(seqlens, pages_per_seq, strict=True)):
+        pages = order[first : first + n]
+        first += n
+        block_table[b, :n] = pages.int()
+        dense = randn(length, HEAD_DIM_QK)
+        pos = torch.arange(length, device=device)
+        cache[pages[pos // PAGE_SIZE] * PAGE_SIZE + pos % PAGE_SIZE] = dense
+        kv.append(dense)
+
+    kv_cache = cache.view(num_pages, PAGE_SIZE, HEAD_DIM_QK)
+    if kv_4d:
+        kv_cache = kv_cache.unsqueeze(2)
+    seqlens_t = torch.tensor(list(seqlens), dtype=torch.int32, device=device)
+    return DecodeInputs(q, kv_cache, block_table, seqlens_t, kv)
