@@ -3,6 +3,7 @@
 Metadata lives in pyproject.toml. MLA_BACKEND_SKIP_EXT=1 installs the pure-Python package.
 """
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -19,7 +20,7 @@ SOURCES = [
     "csrc/ops/metadata.cpp",
     "csrc/sm90/decode/instantiations/decode_m16.cu",
     "csrc/sm90/decode/instantiations/decode_m32.cu",
-    "csrc/sm90/decode/instantiations/decode_m64.cu",
+    "csrc/sm90/decode_wgmma/launch.cu",
     "csrc/smxx/combine.cu",
     "csrc/smxx/metadata.cu",
 ]
@@ -71,6 +72,24 @@ def _find_cuda_home() -> None:
             os.environ["CUDA_HOME"] = str(default)
 
 
+def _cuda_library_headers(cuda_home: str, cuda_major: str) -> list[str]:
+    """Flags that find the cuBLAS/cuSPARSE/cuSOLVER headers ATen's CUDA headers include.
+
+    A toolkit with only the compiler lacks them; the nvidia-* wheels torch depends on ship them.
+    -idirafter keeps the toolkit's own runtime headers first.
+    """
+    if (Path(cuda_home) / "include" / "cusparse.h").exists():
+        return []
+    spec = importlib.util.find_spec("nvidia")
+    flags = []
+    for location in spec.submodule_search_locations if spec else []:
+        for sub in (f"cu{cuda_major}", "cusparse", "cublas", "cusolver"):
+            include = Path(location) / sub / "include"
+            if include.is_dir():
+                flags += ["-idirafter", str(include)]
+    return flags
+
+
 def _write_build_info(torch_version: str, cuda_version: str) -> None:
     BUILD_INFO.write_text(
         '"""Written by setup.py: the torch build the extension was compiled against."""\n\n'
@@ -85,7 +104,7 @@ def _extension_kwargs() -> dict:
 
     _find_cuda_home()
     import torch
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
 
     if torch.version.cuda is None:
         raise RuntimeError(
@@ -104,7 +123,13 @@ def _extension_kwargs() -> dict:
         sources=SOURCES,
         include_dirs=[str(ROOT / "csrc" / "include"), str(ROOT / "csrc")],
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17", f"-DPy_LIMITED_API={PY_LIMITED_API}", *versions],
+            "cxx": [
+                "-O3",
+                "-std=c++17",
+                f"-DPy_LIMITED_API={PY_LIMITED_API}",
+                *versions,
+                *_cuda_library_headers(CUDA_HOME, torch.version.cuda.split(".")[0]),
+            ],
             "nvcc": [*NVCC_FLAGS, *versions],
         },
         py_limited_api=True,

@@ -9,7 +9,8 @@ namespace mla {
 
 cudaError_t run_metadata(const MetadataParams& params, cudaStream_t stream);
 
-// Main split-KV kernel for CTAs of 16 * kRowGroups query rows (instantiated for 16, 32, 64).
+// Main split-KV kernel for CTAs of kRows query rows: 16 and 32 run the mma.sync kernel
+// (sm90/decode), 64 the wgmma kernel (sm90/decode_wgmma).
 template <int kRows>
 cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream);
 

@@ -36,6 +36,11 @@ __device__ __forceinline__ void mbarrier_wait_parity(uint64_t* bar, uint32_t par
       : "memory");
 }
 
+// Makes mbarrier initialisation visible to the async proxy (TMA completions) before first use.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
 // Orders this thread's generic-proxy shared-memory accesses before later async-proxy ones
 // (bulk copies, mbarrier transactions).
 __device__ __forceinline__ void fence_proxy_async_shared() {

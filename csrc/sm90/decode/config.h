@@ -1,4 +1,4 @@
-// Tile sizes of the sm90 decode kernel: numbers only.
+// Tile sizes of the mma.sync decode kernel (tiles of 16 or 32 query rows): numbers only.
 #pragma once
 
 namespace mla::sm90::decode {
@@ -9,10 +9,8 @@ constexpr int kKvRowPitch = 1152 + 16; // shared-memory pitch: +16 B rotates ban
 constexpr int kQRowBytes = 576 * 2;    // Q rows are XOR-swizzled instead of padded
 constexpr int kSmemLimit = 232448;     // sm_90 opt-in shared memory per block
 
-// Warps per 16-row group: each splits the page's tokens for S = QK^T and the V columns for
-// O += PV. Fewer rows per CTA -> more warps per row group, so small head counts still keep
-// four warps issuing MMAs.
-template <int kRows>
-constexpr int col_split() { return kRows == 64 ? 2 : 4; }
+// Warps per 16-row group: each takes a quarter of the page's tokens for S = QK^T and a quarter
+// of the V columns for O += PV, so even a 16-row tile keeps four warps issuing MMAs.
+constexpr int kColSplit = 4;
 
 }  // namespace mla::sm90::decode

@@ -1,4 +1,5 @@
-// Split-KV paged MLA decode, main kernel: one CTA = one scheduler part x one tile of query rows.
+// Split-KV paged MLA decode for tiles of 16 or 32 query rows: one CTA = one scheduler part x
+// one tile of query rows.
 // Pages arrive by bulk copy (TMA engine) on mbarriers, two deep; S = QK^T, the online softmax and
 // O += PV run on mma.sync tensor-core tiles (see docs/design.md for the schedule).
 #pragma once
@@ -7,45 +8,18 @@
 #include <cstdint>
 
 #include "mla/params.h"
+#include "mla/epilogue.cuh"
 #include "mla/ptx.cuh"
+#include "mla/schedule.cuh"
+#include "mla/softmax.cuh"
 #include "sm90/decode/traits.h"
 
 namespace mla::sm90::decode {
 
-constexpr float kLn2 = 0.69314718055994530942f;
-
-// Byte offset of 16-byte chunk `chunk` of row `row` in an XOR-swizzled tile of `row_bytes` rows:
-// eight consecutive rows read at the same chunk land in eight different bank groups.
-__device__ __forceinline__ uint32_t swizzled(int row, int chunk, int row_bytes) {
-  return row * row_bytes + ((chunk ^ (row & 7)) << 4);
-}
-
-// Per-sequence range of pages this part processes, and where its result goes.
-struct SeqWork {
-  int batch;
-  int seqlen;
-  int page_begin, page_end;  // [begin, end) in the sequence's pages
-  int num_splits;
-  int slot;  // workspace slot of this part's piece when num_splits > 1
-};
-
-__device__ __forceinline__ SeqWork seq_work(const DecodeParams& p, int part, int4 pm, int b) {
-  const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
-  SeqWork w;
-  w.batch = b;
-  w.seqlen = max(p.seqlens[b], 0);
-  const int num_pages = (w.seqlen + kPageSize - 1) / kPageSize;
-  const int first = bm.y;
-  w.num_splits = bm.z;
-  const int last = first + w.num_splits - 1;
-  // Parts strictly inside a sequence's range cover whole units; the first and last part of a
-  // sequence own its start and end (docs/design.md).
-  const int lo = part == first ? 0 : pm.z - bm.x;
-  const int hi = part == last ? num_pages : pm.w - bm.x;
-  w.page_begin = min(max(lo, 0), num_pages);
-  w.page_end = min(max(hi, w.page_begin), num_pages);
-  w.slot = bm.w + (part - first);
-  return w;
+// Byte offset of 16-byte chunk `chunk` of Q row `row` (1152-byte rows, XOR-swizzled within each
+// group of eight chunks): eight consecutive rows read at one chunk hit eight bank groups.
+__device__ __forceinline__ uint32_t q_offset(int row, int chunk) {
+  return row * kQRowBytes + ((chunk ^ (row & 7)) << 4);
 }
 
 // Warp 0 issues the bulk copies of one page: one copy per valid token row (1152 bytes) into a
@@ -56,11 +30,8 @@ __device__ __forceinline__ SeqWork seq_work(const DecodeParams& p, int part, int
 template <class T>
 __device__ __forceinline__ void load_page(const DecodeParams& p, const SeqWork& w, int page,
                                           uint8_t* stage, uint64_t* bar, int* bad, int lane) {
-  int page_id = -1;
-  if (page < p.max_pages) {
-    page_id = p.block_table[int64_t(w.batch) * p.block_table_stride + page];
-  }
-  const bool valid = page_id >= 0 && page_id < p.num_pages;
+  const int page_id = page_id_of(p, w, page);
+  const bool valid = page_id >= 0;
   const int rows = valid ? min(kPageSize, w.seqlen - page * kPageSize) : 0;
   if (lane == 0) {
     if (!valid) *bad = 1;
@@ -91,7 +62,7 @@ __device__ __forceinline__ void load_q(const DecodeParams& p, int b, int m_tile,
                                  int64_t(tok) * p.q_token_stride + int64_t(head) * p.q_head_stride;
       v = *reinterpret_cast<const uint4*>(src + chunk * 8);
     }
-    *reinterpret_cast<uint4*>(sq + swizzled(row, chunk, kQRowBytes)) = v;
+    *reinterpret_cast<uint4*>(sq + q_offset(row, chunk)) = v;
   }
 }
 
@@ -123,7 +94,7 @@ __device__ __forceinline__ void process_page(const uint8_t* sq, const uint8_t* k
 #pragma unroll 4
   for (int ks = 0; ks < T::kKSteps; ++ks) {
     uint32_t a[4];
-    ptx::ldmatrix_x4(a, sq_base + swizzled(a_row, 2 * ks + (lane >> 4), kQRowBytes));
+    ptx::ldmatrix_x4(a, sq_base + q_offset(a_row, 2 * ks + (lane >> 4)));
 #pragma unroll
     for (int np = 0; np < T::kScoreTiles / 2; ++np) {
       const int tok = tok_base + np * 16 + ((lane >> 4) << 3) + (lane & 7);
@@ -134,65 +105,9 @@ __device__ __forceinline__ void process_page(const uint8_t* sq, const uint8_t* k
     }
   }
 
-  // Scale into the exp2 domain and mask positions a row may not see (past its causal limit or
-  // the sequence end).
-  float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-  for (int t = 0; t < T::kScoreTiles; ++t) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int pos = page_pos + tok_base + t * 8 + 2 * (lane & 3) + (e & 1);
-      const int h = e >> 1;
-      const float v = pos < limit[h] ? s[t][e] * scale_log2 : -INFINITY;
-      s[t][e] = v;
-      mx[h] = fmaxf(mx[h], v);
-    }
-  }
-  // Row max: within the quad, then across the row group's warps through shared memory.
-  const int row0 = rg * 16 + (lane >> 2);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-  }
-  if ((lane & 3) == 0) {
-    red[cs * T::kRows + row0] = mx[0];
-    red[cs * T::kRows + row0 + 8] = mx[1];
-  }
-  ptx::named_barrier_sync(1 + rg, T::kGroupThreads);
-  float base[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float m_new = st.m[h];
-#pragma unroll
-    for (int c = 0; c < T::kColSplit; ++c) m_new = fmaxf(m_new, red[c * T::kRows + row0 + 8 * h]);
-    // A row with nothing visible yet keeps base 0 so that exp2(-inf - base) is 0, not NaN.
-    base[h] = m_new == -INFINITY ? 0.f : m_new;
-    const float alpha = exp2f(st.m[h] - base[h]);
-    st.m[h] = m_new;
-    st.l[h] *= alpha;
-#pragma unroll
-    for (int t = 0; t < T::kOutTiles; ++t) {
-      st.o[t][2 * h] *= alpha;
-      st.o[t][2 * h + 1] *= alpha;
-    }
-  }
-
-  // P = exp2(S - max) as bf16 into the row group's shared tile, which every warp of the group
-  // reads whole as the A operand of P V.
-#pragma unroll
-  for (int t = 0; t < T::kScoreTiles; ++t) {
-    const int col = tok_base + t * 8 + 2 * (lane & 3);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float p0 = exp2f(s[t][2 * h] - base[h]);
-      const float p1 = exp2f(s[t][2 * h + 1] - base[h]);
-      st.l[h] += p0 + p1;
-      const int row = row0 + 8 * h;
-      *reinterpret_cast<uint32_t*>(sp + swizzled(row, col >> 3, kPageSize * 2) + (col & 7) * 2) =
-          ptx::pack_bf16x2(p0, p1);
-    }
-  }
+  const SoftmaxSlice sl{red, sp, rg * 16 + (lane >> 2), cs, tok_base, 1 + rg, T::kGroupThreads};
+  online_softmax<T::kRows, T::kColSplit>(s, st.o, st.m, st.l, limit, page_pos, scale_log2, sl,
+                                         lane);
   ptx::named_barrier_sync(1 + rg, T::kGroupThreads);
 
   // O += P V: A = P (16 rows x 64 tokens), B = V rows (token-major = row, so ldmatrix.trans).
@@ -200,7 +115,7 @@ __device__ __forceinline__ void process_page(const uint8_t* sq, const uint8_t* k
 #pragma unroll
   for (int kk = 0; kk < kPageSize / 16; ++kk) {
     uint32_t a[4];
-    ptx::ldmatrix_x4(a, sp_base + swizzled(a_row, 2 * kk + (lane >> 4), kPageSize * 2));
+    ptx::ldmatrix_x4(a, sp_base + sw128_offset(a_row, 2 * kk + (lane >> 4)));
     const int v_row = kk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7);
 #pragma unroll
     for (int np = 0; np < T::kOutTiles / 2; ++np) {
@@ -213,8 +128,7 @@ __device__ __forceinline__ void process_page(const uint8_t* sq, const uint8_t* k
   }
 }
 
-// Normalise and store: bf16 to `out` when the sequence is not split, fp32 to the workspace
-// slot otherwise.
+// Row sums across the row group's warps, then normalise and store (mla/epilogue.cuh).
 template <class T>
 __device__ __forceinline__ void write_result(const DecodeParams& p, const SeqWork& w,
                                              RowState<T>& st, float* red, bool bad, int m_tile,
@@ -231,44 +145,15 @@ __device__ __forceinline__ void write_result(const DecodeParams& p, const SeqWor
   }
   ptx::named_barrier_sync(1 + rg, T::kGroupThreads);
 
+  float l[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float l = 0.f;
+    l[h] = 0.f;
 #pragma unroll
-    for (int c = 0; c < T::kColSplit; ++c) l += red[c * T::kRows + row0 + 8 * h];
-    // A row that saw no key: out = 0, lse = -inf.
-    float inv = l > 0.f ? 1.f / l : 0.f;
-    float lse = l > 0.f ? (st.m[h] + log2f(l)) * kLn2 : -INFINITY;
-    if (bad) inv = lse = NAN;
-
-    const int r = m_tile * T::kRows + row0 + 8 * h;
-    if (r >= p.rows) continue;
-    const int tok = r / p.h_q;
-    const int head = r % p.h_q;
-    const int col0 = cs * T::kVColsPerWarp + 2 * (lane & 3);
-    if (w.num_splits <= 1) {
-      __nv_bfloat16* dst = p.out + int64_t(w.batch) * p.out_batch_stride +
-                           int64_t(tok) * p.out_token_stride + int64_t(head) * p.out_head_stride;
-#pragma unroll
-      for (int t = 0; t < T::kOutTiles; ++t) {
-        *reinterpret_cast<uint32_t*>(dst + col0 + t * 8) =
-            ptx::pack_bf16x2(st.o[t][2 * h] * inv, st.o[t][2 * h + 1] * inv);
-      }
-      if (cs == 0 && (lane & 3) == 0) {
-        p.lse[int64_t(w.batch) * p.lse_batch_stride + int64_t(tok) * p.lse_token_stride +
-              int64_t(head) * p.lse_head_stride] = lse;
-      }
-    } else {
-      const int64_t slot_row = int64_t(w.slot) * p.rows + r;
-      float* dst = p.o_accum + slot_row * kDimV;
-#pragma unroll
-      for (int t = 0; t < T::kOutTiles; ++t) {
-        *reinterpret_cast<float2*>(dst + col0 + t * 8) =
-            make_float2(st.o[t][2 * h] * inv, st.o[t][2 * h + 1] * inv);
-      }
-      if (cs == 0 && (lane & 3) == 0) p.lse_accum[slot_row] = lse;
-    }
+    for (int c = 0; c < T::kColSplit; ++c) l[h] += red[c * T::kRows + row0 + 8 * h];
   }
+  store_rows<T::kOutTiles>(p, w, st.o, st.m, l, bad, m_tile * T::kRows + row0,
+                           cs * T::kVColsPerWarp + 2 * (lane & 3), cs == 0 && (lane & 3) == 0);
 }
 
 template <class T>
@@ -324,9 +209,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) decode_main_kernel(const __gri
     int limit[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = m_tile * T::kRows + rg * 16 + (lane >> 2) + 8 * h;
-      const int tok = r / p.h_q;
-      limit[h] = r >= p.rows ? 0 : (p.causal ? w.seqlen - p.s_q + tok + 1 : w.seqlen);
+      limit[h] = row_limit(p, w, m_tile * T::kRows + rg * 16 + (lane >> 2) + 8 * h);
     }
     RowState<T> st;
 #pragma unroll

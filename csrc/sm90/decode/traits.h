@@ -10,7 +10,7 @@ template <int kRows_>
 struct Traits {
   static constexpr int kRows = kRows_;
   static constexpr int kRowGroups = kRows / 16;  // one m16 MMA tile of rows per group
-  static constexpr int kColSplit = col_split<kRows>();
+  static constexpr int kColSplit = decode::kColSplit;
   static constexpr int kWarps = kRowGroups * kColSplit;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kGroupThreads = kColSplit * 32;
@@ -34,7 +34,7 @@ struct Traits {
   static constexpr int kOffFlag = kOffBar + kStages * 8;
   static constexpr int kSmemBytes = kOffFlag + 16;
 
-  static_assert(kRows == 16 || kRows == 32 || kRows == 64, "rows per CTA: 16, 32 or 64");
+  static_assert(kRows == 16 || kRows == 32, "rows per CTA: 16 or 32 (64 runs the wgmma kernel)");
   static_assert(kScoreTiles % 2 == 0 && kOutTiles % 2 == 0, "x4 ldmatrix covers two n8 tiles");
   static_assert(kRowGroups < 16, "one named barrier per row group, ids 1..15");
   static_assert(kOffBar % 8 == 0, "mbarriers need 8-byte alignment");

@@ -1,0 +1,50 @@
+// Device side of the split-KV schedule: which pages of which sequence a part processes, and
+// where its result goes (docs/design.md).
+#pragma once
+
+#include "mla/params.h"
+
+namespace mla {
+
+struct SeqWork {
+  int batch;
+  int seqlen;
+  int page_begin, page_end;  // [begin, end) in the sequence's pages
+  int num_splits;
+  int slot;  // workspace slot of this part's piece when num_splits > 1
+};
+
+__device__ __forceinline__ SeqWork seq_work(const DecodeParams& p, int part, int4 pm, int b) {
+  const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
+  SeqWork w;
+  w.batch = b;
+  w.seqlen = max(p.seqlens[b], 0);
+  const int num_pages = (w.seqlen + kPageSize - 1) / kPageSize;
+  const int first = bm.y;
+  w.num_splits = bm.z;
+  const int last = first + w.num_splits - 1;
+  // Parts strictly inside a sequence's range cover whole units; the first and last part of a
+  // sequence own its start and end.
+  const int lo = part == first ? 0 : pm.z - bm.x;
+  const int hi = part == last ? num_pages : pm.w - bm.x;
+  w.page_begin = min(max(lo, 0), num_pages);
+  w.page_end = min(max(hi, w.page_begin), num_pages);
+  w.slot = bm.w + (part - first);
+  return w;
+}
+
+// Page id of page `page` of the sequence, or -1 when the block table has no such entry or the
+// id lies outside the cache (the caller then reads nothing and poisons the sequence's output).
+__device__ __forceinline__ int page_id_of(const DecodeParams& p, const SeqWork& w, int page) {
+  if (page >= p.max_pages) return -1;
+  const int id = p.block_table[int64_t(w.batch) * p.block_table_stride + page];
+  return id >= 0 && id < p.num_pages ? id : -1;
+}
+
+// Last visible cache position + 1 for query row r (causal: token i sees < L - s_q + i + 1).
+__device__ __forceinline__ int row_limit(const DecodeParams& p, const SeqWork& w, int r) {
+  if (r >= p.rows) return 0;
+  return p.causal ? w.seqlen - p.s_q + r / p.h_q + 1 : w.seqlen;
+}
+
+}  // namespace mla

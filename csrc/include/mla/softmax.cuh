@@ -1,0 +1,92 @@
+// Online softmax step shared by the decode kernels. A row's scores for one page are spread over
+// kSlices warps (or warpgroups), each holding kScoreTiles n8 tiles in mma/wgmma C layout; the row
+// max is exchanged through shared memory and the bf16 probabilities land in a 128-byte-swizzled
+// [rows x 64 tokens] tile that serves as the A operand of O += P V.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "mla/ptx.cuh"
+
+namespace mla {
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a tile of 128-byte rows with the 128B
+// swizzle (chunk ^ row % 8): the TMA / wgmma atom layout, and conflict-free for ldmatrix.
+__device__ __forceinline__ uint32_t sw128_offset(int row, int chunk) {
+  return row * 128 + ((chunk ^ (row & 7)) << 4);
+}
+
+struct SoftmaxSlice {
+  float* red;      // [kSlices][kRows] row-max exchange
+  uint8_t* sp;     // P tile, [kRows x 64] bf16, 128B-swizzled
+  int row;         // tile row of the thread's first row (the second is row + 8)
+  int slice;       // which slice of the page's tokens this warp holds
+  int tok_base;    // first token (in the page) of the slice
+  int bar_id;      // named barrier over the warps sharing these rows
+  int bar_threads;
+};
+
+template <int kRows, int kSlices, int kScoreTiles, int kOutTiles>
+__device__ __forceinline__ void online_softmax(float (&s)[kScoreTiles][4],
+                                               float (&o)[kOutTiles][4], float (&m)[2],
+                                               float (&l)[2], const int (&limit)[2],
+                                               int page_pos, float scale_log2,
+                                               const SoftmaxSlice& sl, int lane) {
+  // Scale into the exp2 domain; mask positions a row may not see (causal limit, sequence end).
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int t = 0; t < kScoreTiles; ++t) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int pos = page_pos + sl.tok_base + t * 8 + 2 * (lane & 3) + (e & 1);
+      const int h = e >> 1;
+      const float v = pos < limit[h] ? s[t][e] * scale_log2 : -INFINITY;
+      s[t][e] = v;
+      mx[h] = fmaxf(mx[h], v);
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+  }
+  if ((lane & 3) == 0) {
+    sl.red[sl.slice * kRows + sl.row] = mx[0];
+    sl.red[sl.slice * kRows + sl.row + 8] = mx[1];
+  }
+  ptx::named_barrier_sync(sl.bar_id, sl.bar_threads);
+
+  float base[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float m_new = m[h];
+#pragma unroll
+    for (int c = 0; c < kSlices; ++c) m_new = fmaxf(m_new, sl.red[c * kRows + sl.row + 8 * h]);
+    // A row with nothing visible yet keeps base 0 so that exp2(-inf - base) is 0, not NaN.
+    base[h] = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = exp2f(m[h] - base[h]);
+    m[h] = m_new;
+    l[h] *= alpha;
+#pragma unroll
+    for (int t = 0; t < kOutTiles; ++t) {
+      o[t][2 * h] *= alpha;
+      o[t][2 * h + 1] *= alpha;
+    }
+  }
+
+#pragma unroll
+  for (int t = 0; t < kScoreTiles; ++t) {
+    const int col = sl.tok_base + t * 8 + 2 * (lane & 3);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float p0 = exp2f(s[t][2 * h] - base[h]);
+      const float p1 = exp2f(s[t][2 * h + 1] - base[h]);
+      l[h] += p0 + p1;
+      *reinterpret_cast<uint32_t*>(sl.sp + sw128_offset(sl.row + 8 * h, col >> 3) + (col & 7) * 2) =
+          ptx::pack_bf16x2(p0, p1);
+    }
+  }
+}
+
+}  // namespace mla

@@ -1,0 +1,220 @@
+// Split-KV paged MLA decode for tiles of 64 query rows on Hopper tensor cores (wgmma). Pages land
+// 128B-swizzled by TMA, so one shared-memory copy serves as the K operand of S = Q K^T (K-major)
+// and as the V operand of O += P V (MN-major). Two warpgroups: each computes S for half the
+// page's tokens, they exchange row maxima, and each accumulates O for half of the 512 V columns.
+#pragma once
+
+#include <cuda.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "mla/epilogue.cuh"
+#include "mla/params.h"
+#include "mla/ptx.cuh"
+#include "mla/schedule.cuh"
+#include "mla/softmax.cuh"
+#include "mla/wgmma.cuh"
+#include "sm90/decode_wgmma/config.h"
+
+namespace mla::sm90::decode_wgmma {
+
+constexpr int kBarSoftmax = 1;  // named barrier over both warpgroups (id 0 is __syncthreads)
+
+// K-major operand (Q, P, K): rows of 128 B, 8-row atoms 1024 B apart; k16 steps advance 32 B.
+__device__ __forceinline__ uint64_t desc_k_major(uint32_t addr) {
+  return ptx::gmma_desc_sw128(addr, 16, 1024);
+}
+// MN-major operand (V): 64-dim atom columns kTileBytes apart, 8-token groups 1024 B apart.
+__device__ __forceinline__ uint64_t desc_mn_major(uint32_t addr) {
+  return ptx::gmma_desc_sw128(addr, kTileBytes, 1024);
+}
+
+// One thread issues a page's nine 64-dim boxes. An unreadable page is not read; `bad` poisons the
+// sequence's output instead.
+__device__ __forceinline__ void load_page(const CUtensorMap* tmap, const DecodeParams& p,
+                                          const SeqWork& w, int page, uint8_t* stage,
+                                          uint64_t* bar, int* bad) {
+  const int page_id = page_id_of(p, w, page);
+  if (page_id < 0) {
+    *bad = 1;
+    ptx::mbarrier_arrive_expect_tx(bar, 0);
+    return;
+  }
+  ptx::mbarrier_arrive_expect_tx(bar, kPageBytes);
+  for (int kb = 0; kb < kDimBlocks; ++kb) {
+    ptx::tma_load_3d(stage + kb * kTileBytes, tmap, kb * kBlockDims, 0, page_id, bar);
+  }
+}
+
+// Q rows of this tile in the same swizzled atom-column layout as a page; rows past s_q * h_q are 0.
+__device__ __forceinline__ void load_q(const DecodeParams& p, int b, int m_tile, uint8_t* sq,
+                                       int tid) {
+  constexpr int kChunks = 576 / 8;
+  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
+    const int row = idx / kChunks;
+    const int chunk = idx % kChunks;
+    const int r = m_tile * kRows + row;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < p.rows) {
+      const __nv_bfloat16* src = p.q + int64_t(b) * p.q_batch_stride +
+                                 int64_t(r / p.h_q) * p.q_token_stride +
+                                 int64_t(r % p.h_q) * p.q_head_stride;
+      v = *reinterpret_cast<const uint4*>(src + chunk * 8);
+    }
+    *reinterpret_cast<uint4*>(sq + (chunk / 8) * kTileBytes + sw128_offset(row, chunk % 8)) = v;
+  }
+}
+
+// Tokens past the sequence end in a partial last page hold whatever the cache has there (NaN in
+// the tests): zero them so that P = 0 times V stays 0.
+__device__ __forceinline__ void zero_tail(uint8_t* stage, int valid, int tid) {
+  const int n = (kPageSize - valid) * kDimBlocks * 8;  // 16-byte chunks to clear
+  for (int i = tid; i < n; i += kThreads) {
+    const int row = valid + i / (kDimBlocks * 8);
+    const int rest = i % (kDimBlocks * 8);
+    *reinterpret_cast<uint4*>(stage + (rest / 8) * kTileBytes + row * 128 + (rest % 8) * 16) =
+        make_uint4(0, 0, 0, 0);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    decode_wgmma_kernel(const __grid_constant__ DecodeParams p,
+                        const __grid_constant__ CUtensorMap tmap) {
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + kAlign - 1) & ~uintptr_t(kAlign - 1));
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int wg = warp / 4;            // warpgroup: tokens [32 wg, +32) of S, V columns [256 wg, +256)
+  const int row0 = (warp % 4) * 16 + (lane >> 2);  // first of the thread's two accumulator rows
+  const int m_tile = blockIdx.x;
+  const int part = blockIdx.y;
+
+  const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
+  if (pm.x >= pm.y) return;
+
+  uint8_t* sq = smem + kOffQ;
+  uint8_t* skv = smem + kOffKV;
+  uint8_t* sp = smem + kOffP;
+  float* red = reinterpret_cast<float*>(smem + kOffRed);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kOffBar);
+  int* bad = reinterpret_cast<int*>(smem + kOffFlag);
+  const uint32_t sq_addr = ptx::smem_addr(sq);
+  const uint32_t sp_addr = ptx::smem_addr(sp);
+
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&bars[s], 1);
+    ptx::fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  uint32_t phase = 0;  // bit s: parity of the next completion of stage s
+  int issued = 0;      // pages consumed so far by this CTA: page n uses stage n % kStages
+
+  for (int b = pm.x; b < pm.y; ++b) {
+    const SeqWork w = seq_work(p, part, pm, b);
+    const int num_pages = w.page_end - w.page_begin;
+
+    __syncthreads();  // the previous sequence is done with Q, P and the reduction buffer
+    if (tid == 0) {
+      *bad = 0;
+      for (int j = 0; j < kStages && j < num_pages; ++j) {
+        const int s = (issued + j) % kStages;
+        load_page(&tmap, p, w, w.page_begin + j, skv + s * kPageBytes, &bars[s], bad);
+      }
+    }
+    load_q(p, w.batch, m_tile, sq, tid);
+    ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
+
+    int limit[2];
+    float m[2], l[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      limit[h] = row_limit(p, w, m_tile * kRows + row0 + 8 * h);
+      m[h] = -INFINITY;
+      l[h] = 0.f;
+    }
+    float o[kVColsPerWg / 8][4];
+#pragma unroll
+    for (int t = 0; t < kVColsPerWg / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    __syncthreads();
+
+    const SoftmaxSlice sl{red, sp, row0, wg, wg * kTokensPerWg, kBarSoftmax, kThreads};
+    for (int j = 0; j < num_pages; ++j) {
+      const int s = (issued + j) % kStages;
+      uint8_t* stage = skv + s * kPageBytes;
+      const uint32_t kv_addr = ptx::smem_addr(stage);
+      const int page = w.page_begin + j;
+      ptx::mbarrier_wait_parity(&bars[s], (phase >> s) & 1);
+      phase ^= 1u << s;
+      const int valid = w.seqlen - page * kPageSize;
+      if (valid < kPageSize) {
+        zero_tail(stage, valid, tid);
+        ptx::fence_proxy_async_shared();
+        ptx::named_barrier_sync(kBarSoftmax, kThreads);
+      }
+
+      // S = Q K^T for this warpgroup's 32 tokens: 9 atom columns x 4 k16 steps.
+      float sacc[kTokensPerWg / 8][4];
+      ptx::wgmma_fence();
+#pragma unroll
+      for (int kb = 0; kb < kDimBlocks; ++kb) {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const uint64_t da = desc_k_major(sq_addr + kb * kTileBytes + kk * 32);
+          const uint64_t db =
+              desc_k_major(kv_addr + kb * kTileBytes + wg * kTokensPerWg * 128 + kk * 32);
+          ptx::wgmma_m64n32k16<0>(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc), da, db,
+                                  kb + kk > 0);
+        }
+      }
+      ptx::wgmma_commit();
+      ptx::wgmma_wait<0>();
+      ptx::fence_regs(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc));
+
+      online_softmax<kRows, kWarpGroups>(sacc, o, m, l, limit, page * kPageSize, p.scale_log2,
+                                         sl, lane);
+      ptx::fence_proxy_async_shared();  // P is read by wgmma
+      ptx::named_barrier_sync(kBarSoftmax, kThreads);
+
+      // O += P V for this warpgroup's 256 V columns (4 atom columns), 4 k16 steps of 16 tokens.
+      ptx::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const uint64_t da = desc_k_major(sp_addr + kk * 32);
+        const uint64_t db = desc_mn_major(kv_addr + wg * 4 * kTileBytes + kk * 16 * 128);
+        ptx::wgmma_m64n256k16<1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o), da, db, 1);
+      }
+      ptx::wgmma_commit();
+      ptx::wgmma_wait<0>();
+      ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
+
+      __syncthreads();  // both warpgroups are done with stage s and P: refill
+      if (tid == 0 && j + kStages < num_pages) {
+        load_page(&tmap, p, w, page + kStages, stage, &bars[s], bad);
+      }
+    }
+    issued += num_pages;
+
+    // Row sums across the two warpgroups, then normalise and store.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    }
+    if ((lane & 3) == 0) {
+      red[wg * kRows + row0] = l[0];
+      red[wg * kRows + row0 + 8] = l[1];
+    }
+    ptx::named_barrier_sync(kBarSoftmax, kThreads);
+    float lsum[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) lsum[h] = red[row0 + 8 * h] + red[kRows + row0 + 8 * h];
+    store_rows<kVColsPerWg / 8>(p, w, o, m, lsum, *bad != 0, m_tile * kRows + row0,
+                                wg * kVColsPerWg + 2 * (lane & 3), wg == 0 && (lane & 3) == 0);
+  }
+}
+
+}  // namespace mla::sm90::decode_wgmma
