@@ -25,13 +25,19 @@ def _built_against() -> tuple[str, str] | None:
     return _build_info.TORCH_VERSION, _build_info.CUDA_VERSION
 
 
+def _extension_path() -> str | None:
+    """Path of the compiled extension, or None if it was not built."""
+    spec = importlib.util.find_spec("mla_backend._C")
+    return None if spec is None else spec.origin
+
+
 def _running() -> tuple[str, str]:
     return torch.__version__, str(torch.version.cuda)
 
 
 def _why_not_loadable() -> str | None:
-    spec = importlib.util.find_spec("mla_backend._C")
-    if spec is None or spec.origin is None:
+    path = _extension_path()
+    if path is None:
         return f"extension not built; run `{REBUILD}`"
     built = _built_against()
     if built is None:
@@ -44,9 +50,9 @@ def _why_not_loadable() -> str | None:
         )
     try:
         # The library registers its ops with the dispatcher when loaded; it has no Python API.
-        torch.ops.load_library(spec.origin)
+        torch.ops.load_library(path)
     except OSError as e:
-        return f"loading {spec.origin} failed: {e}"
+        return f"loading {path} failed: {e}"
     expected = f"torch={running[0]};cuda={running[1]}"
     try:
         reported = torch.ops.mla_backend.build_info()
