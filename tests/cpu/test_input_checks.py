@@ -63,12 +63,7 @@ DECODE_CASES = [
     ("kv_dim512", "kv_cache", bf16(PAGES, 64, 512), "kv_cache"),
     ("kv_two_heads", "kv_cache", bf16(PAGES, 64, 2, 576), "kv_cache"),
     ("kv_rank2", "kv_cache", bf16(PAGES * 64, 576), "kv_cache"),
-    (
-        "block_table_int64",
-        "block_table",
-        int64(BATCH, MAX_PAGES),
-        "block_table",
-    ),
+    ("block_table_int64", "block_table", int64(BATCH, MAX_PAGES), "block_table"),
     ("block_table_batch", "block_table", int32(BATCH + 1, MAX_PAGES), "block_table"),
     ("block_table_rank1", "block_table", int32(BATCH * MAX_PAGES), "block_table"),
     ("seqlens_int64", "seqlens", int64(BATCH), "seqlens"),
