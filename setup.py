@@ -18,9 +18,7 @@ SOURCES = [
     "csrc/torch_bindings.cpp",
     "csrc/ops/decode.cpp",
     "csrc/ops/metadata.cpp",
-    "csrc/sm90/decode/instantiations/decode_m16.cu",
-    "csrc/sm90/decode/instantiations/decode_m32.cu",
-    "csrc/sm90/decode_wgmma/launch.cu",
+    "csrc/sm90/decode/launch.cu",
     "csrc/smxx/combine.cu",
     "csrc/smxx/metadata.cu",
 ]

@@ -1,5 +1,4 @@
-// torch op decode: validate -> guard -> fill DecodeParams -> main kernel (by rows per CTA) ->
-// combine. Never allocates, never syncs with the host.
+// torch op decode: validate -> guard -> fill DecodeParams -> main kernel -> combine. Never allocates, never syncs with the host.
 #include <cmath>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -146,24 +145,12 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.h_q = static_cast<int>(q.size(2));
   p.rows = p.s_q * p.h_q;
   p.num_parts = static_cast<int>(part_meta.size(0));
-  const int rows_per_cta = decode_rows_per_cta(p.rows);
-  p.num_m_tiles = (p.rows + rows_per_cta - 1) / rows_per_cta;
+  p.num_m_tiles = (p.rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
   p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
   p.causal = causal;
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  cudaError_t err;
-  switch (rows_per_cta) {  // the one place the row count becomes a template parameter
-    case 16:
-      err = run_decode_main<16>(p, stream);
-      break;
-    case 32:
-      err = run_decode_main<32>(p, stream);
-      break;
-    default:
-      err = run_decode_main<64>(p, stream);
-      break;
-  }
+  cudaError_t err = run_decode_main(p, stream);
   TORCH_CHECK(err == cudaSuccess, "mla_backend decode kernel failed to launch: ",
               cudaGetErrorString(err));
   err = run_combine(p, stream);

@@ -1,241 +1,219 @@
-// Split-KV paged MLA decode for tiles of 16 or 32 query rows: one CTA = one scheduler part x
-// one tile of query rows.
-// Pages arrive by bulk copy (TMA engine) on mbarriers, two deep; S = QK^T, the online softmax and
-// O += PV run on mma.sync tensor-core tiles (see docs/design.md for the schedule).
+// Split-KV paged MLA decode for tiles of 64 query rows on Hopper tensor cores (wgmma). Pages land
+// 128B-swizzled by TMA, so one shared-memory copy serves as the K operand of S = Q K^T (K-major)
+// and as the V operand of O += P V (MN-major). Two warpgroups: each computes S for half the
+// page's tokens, they exchange row maxima, and each accumulates O for half of the 512 V columns.
 #pragma once
+
+#include <cuda.h>
 
 #include <cmath>
 #include <cstdint>
 
-#include "mla/params.h"
 #include "mla/epilogue.cuh"
+#include "mla/params.h"
 #include "mla/ptx.cuh"
 #include "mla/schedule.cuh"
 #include "mla/softmax.cuh"
-#include "sm90/decode/traits.h"
+#include "mla/wgmma.cuh"
+#include "sm90/decode/config.h"
 
 namespace mla::sm90::decode {
 
-// Byte offset of 16-byte chunk `chunk` of Q row `row` (1152-byte rows, XOR-swizzled within each
-// group of eight chunks): eight consecutive rows read at one chunk hit eight bank groups.
-__device__ __forceinline__ uint32_t q_offset(int row, int chunk) {
-  return row * kQRowBytes + ((chunk ^ (row & 7)) << 4);
+constexpr int kBarSoftmax = 1;  // named barrier over both warpgroups (id 0 is __syncthreads)
+
+// K-major operand (Q, P, K): rows of 128 B, 8-row atoms 1024 B apart; k16 steps advance 32 B.
+__device__ __forceinline__ uint64_t desc_k_major(uint32_t addr) {
+  return ptx::gmma_desc_sw128(addr, 16, 1024);
+}
+// MN-major operand (V): 64-dim atom columns kTileBytes apart, 8-token groups 1024 B apart.
+__device__ __forceinline__ uint64_t desc_mn_major(uint32_t addr) {
+  return ptx::gmma_desc_sw128(addr, kTileBytes, 1024);
 }
 
-// Warp 0 issues the bulk copies of one page: one copy per valid token row (1152 bytes) into a
-// padded shared-memory row. Rows past the sequence end are not copied: they keep finite data
-// (zeros or an earlier page), so masked probabilities of 0 never meet a NaN in P*V. A page id
-// outside the cache (or a page index past the block table) is not read; `bad` makes the
-// sequence's output NaN instead of silently wrong.
-template <class T>
-__device__ __forceinline__ void load_page(const DecodeParams& p, const SeqWork& w, int page,
-                                          uint8_t* stage, uint64_t* bar, int* bad, int lane) {
+// One thread issues a page's nine 64-dim boxes. An unreadable page is not read; `bad` poisons the
+// sequence's output instead.
+__device__ __forceinline__ void load_page(const CUtensorMap* tmap, const DecodeParams& p,
+                                          const SeqWork& w, int page, uint8_t* stage,
+                                          uint64_t* bar, int* bad) {
   const int page_id = page_id_of(p, w, page);
-  const bool valid = page_id >= 0;
-  const int rows = valid ? min(kPageSize, w.seqlen - page * kPageSize) : 0;
-  if (lane == 0) {
-    if (!valid) *bad = 1;
-    ptx::mbarrier_arrive_expect_tx(bar, rows * kKvRowBytes);
+  if (page_id < 0) {
+    *bad = 1;
+    ptx::mbarrier_arrive_expect_tx(bar, 0);
+    return;
   }
-  __syncwarp();
-  const __nv_bfloat16* src = p.kv + int64_t(page_id) * p.kv_page_stride;
-  for (int r = lane; r < rows; r += 32) {
-    ptx::bulk_copy_g2s(stage + r * kKvRowPitch, src + int64_t(r) * p.kv_token_stride, kKvRowBytes,
-                       bar);
+  ptx::mbarrier_arrive_expect_tx(bar, kPageBytes);
+  for (int kb = 0; kb < kDimBlocks; ++kb) {
+    ptx::tma_load_3d(stage + kb * kTileBytes, tmap, kb * kBlockDims, 0, page_id, bar);
   }
 }
 
-// Q rows of this tile into swizzled shared memory; rows past s_q * h_q are zero.
-template <class T>
+// Q rows of this tile in the same swizzled atom-column layout as a page; rows past s_q * h_q are 0.
 __device__ __forceinline__ void load_q(const DecodeParams& p, int b, int m_tile, uint8_t* sq,
                                        int tid) {
-  constexpr int kChunks = kQRowBytes / 16;
-  for (int idx = tid; idx < T::kRows * kChunks; idx += T::kThreads) {
+  constexpr int kChunks = 576 / 8;
+  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
     const int row = idx / kChunks;
     const int chunk = idx % kChunks;
-    const int r = m_tile * T::kRows + row;
+    const int r = m_tile * kRows + row;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (r < p.rows) {
-      const int tok = r / p.h_q;
-      const int head = r % p.h_q;
       const __nv_bfloat16* src = p.q + int64_t(b) * p.q_batch_stride +
-                                 int64_t(tok) * p.q_token_stride + int64_t(head) * p.q_head_stride;
+                                 int64_t(r / p.h_q) * p.q_token_stride +
+                                 int64_t(r % p.h_q) * p.q_head_stride;
       v = *reinterpret_cast<const uint4*>(src + chunk * 8);
     }
-    *reinterpret_cast<uint4*>(sq + q_offset(row, chunk)) = v;
+    *reinterpret_cast<uint4*>(sq + (chunk / 8) * kTileBytes + sw128_offset(row, chunk % 8)) = v;
   }
 }
 
-// Online-softmax state of the two query rows (lane/4 and lane/4 + 8) a thread holds.
-template <class T>
-struct RowState {
-  float m[2];  // running max, exp2 domain
-  float l[2];  // this thread's partial row sum (its S columns only)
-  float o[T::kOutTiles][4];
-};
-
-// One page: S = Q K^T for this warp's tokens, softmax update shared across the row group, then
-// O += P V for this warp's V columns.
-template <class T>
-__device__ __forceinline__ void process_page(const uint8_t* sq, const uint8_t* kv, uint8_t* sp,
-                                             float* red, RowState<T>& st, const int (&limit)[2],
-                                             int page_pos, float scale_log2, int rg, int cs,
-                                             int lane) {
-  const int tok_base = cs * T::kTokensPerWarp;
-  const uint32_t sq_base = ptx::smem_addr(sq);
-  const uint32_t kv_base = ptx::smem_addr(kv);
-  const uint32_t sp_base = ptx::smem_addr(sp);
-
-  // S = Q K^T: A = 16 Q rows (ldmatrix), B = K rows of this warp's tokens (token-major = col).
-  float s[T::kScoreTiles][4];
-#pragma unroll
-  for (int t = 0; t < T::kScoreTiles; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
-  const int a_row = rg * 16 + (lane & 15);
-#pragma unroll 4
-  for (int ks = 0; ks < T::kKSteps; ++ks) {
-    uint32_t a[4];
-    ptx::ldmatrix_x4(a, sq_base + q_offset(a_row, 2 * ks + (lane >> 4)));
-#pragma unroll
-    for (int np = 0; np < T::kScoreTiles / 2; ++np) {
-      const int tok = tok_base + np * 16 + ((lane >> 4) << 3) + (lane & 7);
-      uint32_t b[4];
-      ptx::ldmatrix_x4(b, kv_base + tok * kKvRowPitch + (2 * ks + ((lane >> 3) & 1)) * 16);
-      ptx::mma_bf16_16816(s[2 * np], a, b[0], b[1]);
-      ptx::mma_bf16_16816(s[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-
-  const SoftmaxSlice sl{red, sp, rg * 16 + (lane >> 2), cs, tok_base, 1 + rg, T::kGroupThreads};
-  online_softmax<T::kRows, T::kColSplit>(s, st.o, st.m, st.l, limit, page_pos, scale_log2, sl,
-                                         lane);
-  ptx::named_barrier_sync(1 + rg, T::kGroupThreads);
-
-  // O += P V: A = P (16 rows x 64 tokens), B = V rows (token-major = row, so ldmatrix.trans).
-  const int v_col_base = cs * T::kVColsPerWarp;
-#pragma unroll
-  for (int kk = 0; kk < kPageSize / 16; ++kk) {
-    uint32_t a[4];
-    ptx::ldmatrix_x4(a, sp_base + sw128_offset(a_row, 2 * kk + (lane >> 4)));
-    const int v_row = kk * 16 + (((lane >> 3) & 1) << 3) + (lane & 7);
-#pragma unroll
-    for (int np = 0; np < T::kOutTiles / 2; ++np) {
-      const int col = v_col_base + np * 16 + ((lane >> 4) << 3);
-      uint32_t b[4];
-      ptx::ldmatrix_x4_trans(b, kv_base + v_row * kKvRowPitch + col * 2);
-      ptx::mma_bf16_16816(st.o[2 * np], a, b[0], b[1]);
-      ptx::mma_bf16_16816(st.o[2 * np + 1], a, b[2], b[3]);
-    }
+// Tokens past the sequence end in a partial last page hold whatever the cache has there (NaN in
+// the tests): zero them so that P = 0 times V stays 0.
+__device__ __forceinline__ void zero_tail(uint8_t* stage, int valid, int tid) {
+  const int n = (kPageSize - valid) * kDimBlocks * 8;  // 16-byte chunks to clear
+  for (int i = tid; i < n; i += kThreads) {
+    const int row = valid + i / (kDimBlocks * 8);
+    const int rest = i % (kDimBlocks * 8);
+    *reinterpret_cast<uint4*>(stage + (rest / 8) * kTileBytes + row * 128 + (rest % 8) * 16) =
+        make_uint4(0, 0, 0, 0);
   }
 }
 
-// Row sums across the row group's warps, then normalise and store (mla/epilogue.cuh).
-template <class T>
-__device__ __forceinline__ void write_result(const DecodeParams& p, const SeqWork& w,
-                                             RowState<T>& st, float* red, bool bad, int m_tile,
-                                             int rg, int cs, int lane) {
-  const int row0 = rg * 16 + (lane >> 2);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 1);
-    st.l[h] += __shfl_xor_sync(0xffffffffu, st.l[h], 2);
-  }
-  if ((lane & 3) == 0) {
-    red[cs * T::kRows + row0] = st.l[0];
-    red[cs * T::kRows + row0 + 8] = st.l[1];
-  }
-  ptx::named_barrier_sync(1 + rg, T::kGroupThreads);
-
-  float l[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l[h] = 0.f;
-#pragma unroll
-    for (int c = 0; c < T::kColSplit; ++c) l[h] += red[c * T::kRows + row0 + 8 * h];
-  }
-  store_rows<T::kOutTiles>(p, w, st.o, st.m, l, bad, m_tile * T::kRows + row0,
-                           cs * T::kVColsPerWarp + 2 * (lane & 3), cs == 0 && (lane & 3) == 0);
-}
-
-template <class T>
-__global__ void __launch_bounds__(T::kThreads, 1) decode_main_kernel(const __grid_constant__ DecodeParams p) {
-  extern __shared__ __align__(128) uint8_t smem[];
+__global__ void __launch_bounds__(kThreads, 1)
+    decode_kernel(const __grid_constant__ DecodeParams p,
+                        const __grid_constant__ CUtensorMap tmap) {
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + kAlign - 1) & ~uintptr_t(kAlign - 1));
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;
-  const int rg = warp / T::kColSplit;  // row group: 16 query rows
-  const int cs = warp % T::kColSplit;  // which tokens (for S) and V columns (for O) this warp owns
-  const int m_tile = blockIdx.x;       // row tiles fastest: CTAs sharing KV pages run together
+  const int wg = warp / 4;            // warpgroup: tokens [32 wg, +32) of S, V columns [256 wg, +256)
+  const int row0 = (warp % 4) * 16 + (lane >> 2);  // first of the thread's two accumulator rows
+  const int m_tile = blockIdx.x;
   const int part = blockIdx.y;
 
   const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
-  if (pm.x >= pm.y) return;  // part without work (the whole CTA leaves together)
+  if (pm.x >= pm.y) return;
 
-  uint8_t* sq = smem + T::kOffQ;
-  uint8_t* skv = smem + T::kOffKV;
-  uint8_t* sp = smem + T::kOffP;
-  float* red = reinterpret_cast<float*>(smem + T::kOffRed);
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + T::kOffBar);
-  int* bad = reinterpret_cast<int*>(smem + T::kOffFlag);
+  uint8_t* sq = smem + kOffQ;
+  uint8_t* skv = smem + kOffKV;
+  uint8_t* sp = smem + kOffP;
+  float* red = reinterpret_cast<float*>(smem + kOffRed);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kOffBar);
+  int* bad = reinterpret_cast<int*>(smem + kOffFlag);
+  const uint32_t sq_addr = ptx::smem_addr(sq);
+  const uint32_t sp_addr = ptx::smem_addr(sp);
 
-  // KV rows that are never copied must hold finite values (see load_page): zero them once.
-  for (int i = tid; i < kStages * T::kStageBytes / 16; i += T::kThreads) {
-    reinterpret_cast<uint4*>(skv)[i] = make_uint4(0, 0, 0, 0);
-  }
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&bars[s], 1);
+    ptx::fence_mbarrier_init();
   }
-  ptx::fence_proxy_async_shared();
   __syncthreads();
 
   uint32_t phase = 0;  // bit s: parity of the next completion of stage s
-  int issued = 0;      // pages issued so far by this CTA: page n uses stage n % kStages
+  int issued = 0;      // pages consumed so far by this CTA: page n uses stage n % kStages
 
   for (int b = pm.x; b < pm.y; ++b) {
     const SeqWork w = seq_work(p, part, pm, b);
     const int num_pages = w.page_end - w.page_begin;
 
     __syncthreads();  // the previous sequence is done with Q, P and the reduction buffer
-    if (warp == 0) {
-      if (lane == 0) *bad = 0;
-      __syncwarp();
+    if (tid == 0) {
+      *bad = 0;
       for (int j = 0; j < kStages && j < num_pages; ++j) {
         const int s = (issued + j) % kStages;
-        load_page<T>(p, w, w.page_begin + j, skv + s * T::kStageBytes, &bars[s], bad, lane);
+        load_page(&tmap, p, w, w.page_begin + j, skv + s * kPageBytes, &bars[s], bad);
       }
     }
-    load_q<T>(p, w.batch, m_tile, sq, tid);
+    load_q(p, w.batch, m_tile, sq, tid);
+    ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
 
-    // Visible range of the two rows this thread holds (causal: token i sees < L - s_q + i + 1).
     int limit[2];
+    float m[2], l[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      limit[h] = row_limit(p, w, m_tile * T::kRows + rg * 16 + (lane >> 2) + 8 * h);
+      limit[h] = row_limit(p, w, m_tile * kRows + row0 + 8 * h);
+      m[h] = -INFINITY;
+      l[h] = 0.f;
     }
-    RowState<T> st;
+    float o[kVColsPerWg / 8][4];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      st.m[h] = -INFINITY;
-      st.l[h] = 0.f;
-    }
-#pragma unroll
-    for (int t = 0; t < T::kOutTiles; ++t) st.o[t][0] = st.o[t][1] = st.o[t][2] = st.o[t][3] = 0.f;
-    __syncthreads();  // Q is in shared memory
+    for (int t = 0; t < kVColsPerWg / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    __syncthreads();
 
+    const SoftmaxSlice sl{red, sp, row0, wg, wg * kTokensPerWg, kBarSoftmax, kThreads};
     for (int j = 0; j < num_pages; ++j) {
       const int s = (issued + j) % kStages;
+      uint8_t* stage = skv + s * kPageBytes;
+      const uint32_t kv_addr = ptx::smem_addr(stage);
+      const int page = w.page_begin + j;
       ptx::mbarrier_wait_parity(&bars[s], (phase >> s) & 1);
       phase ^= 1u << s;
-      process_page<T>(sq, skv + s * T::kStageBytes, sp, red, st, limit,
-                      (w.page_begin + j) * kPageSize, p.scale_log2, rg, cs, lane);
-      __syncthreads();  // every warp is done with stage s: refill it
-      if (warp == 0 && j + kStages < num_pages) {
-        load_page<T>(p, w, w.page_begin + j + kStages, skv + s * T::kStageBytes, &bars[s], bad,
-                     lane);
+      const int valid = w.seqlen - page * kPageSize;
+      if (valid < kPageSize) {
+        zero_tail(stage, valid, tid);
+        ptx::fence_proxy_async_shared();
+        ptx::named_barrier_sync(kBarSoftmax, kThreads);
+      }
+
+      // S = Q K^T for this warpgroup's 32 tokens: 9 atom columns x 4 k16 steps.
+      float sacc[kTokensPerWg / 8][4];
+      ptx::wgmma_fence();
+#pragma unroll
+      for (int kb = 0; kb < kDimBlocks; ++kb) {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const uint64_t da = desc_k_major(sq_addr + kb * kTileBytes + kk * 32);
+          const uint64_t db =
+              desc_k_major(kv_addr + kb * kTileBytes + wg * kTokensPerWg * 128 + kk * 32);
+          ptx::wgmma_m64n32k16<0>(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc), da, db,
+                                  kb + kk > 0);
+        }
+      }
+      ptx::wgmma_commit();
+      ptx::wgmma_wait<0>();
+      ptx::fence_regs(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc));
+
+      online_softmax<kRows, kWarpGroups>(sacc, o, m, l, limit, page * kPageSize, p.scale_log2,
+                                         sl, lane);
+      ptx::fence_proxy_async_shared();  // P is read by wgmma
+      ptx::named_barrier_sync(kBarSoftmax, kThreads);
+
+      // O += P V for this warpgroup's 256 V columns (4 atom columns), 4 k16 steps of 16 tokens.
+      ptx::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const uint64_t da = desc_k_major(sp_addr + kk * 32);
+        const uint64_t db = desc_mn_major(kv_addr + wg * 4 * kTileBytes + kk * 16 * 128);
+        ptx::wgmma_m64n256k16<1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o), da, db, 1);
+      }
+      ptx::wgmma_commit();
+      ptx::wgmma_wait<0>();
+      ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
+
+      __syncthreads();  // both warpgroups are done with stage s and P: refill
+      if (tid == 0 && j + kStages < num_pages) {
+        load_page(&tmap, p, w, page + kStages, stage, &bars[s], bad);
       }
     }
     issued += num_pages;
 
-    write_result<T>(p, w, st, red, *bad != 0, m_tile, rg, cs, lane);
+    // Row sums across the two warpgroups, then normalise and store.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    }
+    if ((lane & 3) == 0) {
+      red[wg * kRows + row0] = l[0];
+      red[wg * kRows + row0 + 8] = l[1];
+    }
+    ptx::named_barrier_sync(kBarSoftmax, kThreads);
+    float lsum[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) lsum[h] = red[row0 + 8 * h] + red[kRows + row0 + 8 * h];
+    store_rows<kVColsPerWg / 8>(p, w, o, m, lsum, *bad != 0, m_tile * kRows + row0,
+                                wg * kVColsPerWg + 2 * (lane & 3), wg == 0 && (lane & 3) == 0);
   }
 }
 

@@ -1,4 +1,4 @@
-// run_decode_main<64>: the 64-row tile runs the wgmma kernel. Builds the KV cache's tensor map
+// run_decode_main: builds the KV cache's tensor map
 // (a kernel parameter, so CUDA graphs capture it by value), sets the shared-memory opt-in once per
 // device and launches.
 #include <cuda.h>
@@ -6,7 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "mla/api.h"
-#include "sm90/decode_wgmma/kernel.cuh"
+#include "sm90/decode/kernel.cuh"
 
 namespace mla {
 namespace {
@@ -34,7 +34,7 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 cudaError_t make_kv_tensor_map(const DecodeParams& p, CUtensorMap* tmap) {
   const auto encode = encode_fn();
   if (encode == nullptr) return cudaErrorSymbolNotFound;
-  using namespace sm90::decode_wgmma;
+  using namespace sm90::decode;
   const cuuint64_t dims[3] = {cuuint64_t(kDimQK), cuuint64_t(kPageSize), cuuint64_t(p.num_pages)};
   const cuuint64_t strides[2] = {cuuint64_t(p.kv_token_stride) * 2, cuuint64_t(p.kv_page_stride) * 2};
   const cuuint32_t box[3] = {kBlockDims, kPageSize, 1};
@@ -48,9 +48,8 @@ cudaError_t make_kv_tensor_map(const DecodeParams& p, CUtensorMap* tmap) {
 
 }  // namespace
 
-template <>
-cudaError_t run_decode_main<64>(const DecodeParams& params, cudaStream_t stream) {
-  using namespace sm90::decode_wgmma;
+cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream) {
+  using namespace sm90::decode;
   CUtensorMap tmap;
   cudaError_t err = make_kv_tensor_map(params, &tmap);
   if (err != cudaSuccess) return err;
@@ -59,13 +58,13 @@ cudaError_t run_decode_main<64>(const DecodeParams& params, cudaStream_t stream)
   err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   if (device >= kMaxDevices || !smem_set[device]) {
-    err = cudaFuncSetAttribute(decode_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    err = cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                kSmemBytes);
     if (err != cudaSuccess) return err;
     if (device < kMaxDevices) smem_set[device] = true;
   }
   const dim3 grid(params.num_m_tiles, params.num_parts);
-  decode_wgmma_kernel<<<grid, kThreads, kSmemBytes, stream>>>(params, tmap);
+  decode_kernel<<<grid, kThreads, kSmemBytes, stream>>>(params, tmap);
   return cudaGetLastError();
 }
 

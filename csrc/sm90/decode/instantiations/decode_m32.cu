@@ -1,4 +1,0 @@
-// Main decode kernel for CTAs of 32 query rows (one file per tile so the build runs in parallel).
-#include "sm90/decode/launch.cuh"
-
-template cudaError_t mla::run_decode_main<32>(const mla::DecodeParams&, cudaStream_t);
