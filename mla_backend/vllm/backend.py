@@ -1,0 +1,217 @@
+"""The vLLM MLA attention backend whose decode runs on mla_backend's kernels.
+
+vLLM's triad, built on its common MLA classes: prefill, chunked prefill and the MLA layer glue
+(q/k up-projections, KV-cache writes, v up-projection) stay vLLM's; only ``forward_mqa``, the
+decode attention over the latent cache, is ours. The builder owns the kernel's metadata and
+workspace buffers, allocated once, so decode steps (and CUDA-graph replays) allocate nothing
+for them and never sync with the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from mla_backend import ops
+from mla_backend.reference import HEAD_DIM_QK, HEAD_DIM_V, PAGE_SIZE
+from mla_backend.vllm.compat import (
+    AttentionCGSupport,
+    AttentionType,
+    MLACommonBackend,
+    MLACommonDecodeMetadata,
+    MLACommonImpl,
+    MLACommonMetadata,
+    MLACommonMetadataBuilder,
+    QueryLenSupport,
+    get_current_vllm_config,
+    get_logger,
+)
+from mla_backend.vllm.plan import DecodeArgs, allocate_decode_buffers, decode_query_view, map_decode
+
+logger = get_logger()
+
+
+class MlaBackendAttentionBackend(MLACommonBackend):
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.bfloat16]
+    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "bfloat16"]
+
+    @staticmethod
+    def get_name() -> str:
+        # The AttentionBackendEnum member we are registered as (vLLM maps names to members).
+        return "CUSTOM"
+
+    @staticmethod
+    def get_builder_cls() -> type[MlaBackendMetadataBuilder]:
+        return MlaBackendMetadataBuilder
+
+    @staticmethod
+    def get_impl_cls() -> type[MlaBackendImpl]:
+        return MlaBackendImpl
+
+    @staticmethod
+    def get_supported_kernel_block_sizes() -> list[int]:
+        # With no --block-size, vLLM then sets the KV-cache block size to 64 itself.
+        return [PAGE_SIZE]
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return [HEAD_DIM_QK]
+
+    @classmethod
+    def supports_compute_capability(cls, capability) -> bool:
+        return capability.major == 9
+
+    @classmethod
+    def supports_combination(cls, *args, **kwargs) -> str | None:
+        # Everything the class attributes cannot say: is the extension loaded, is this sm_90?
+        supported, reason = ops.is_supported()
+        return None if supported else f"mla_backend kernels unavailable: {reason}"
+
+
+@dataclass
+class MlaBackendDecodeMetadata(MLACommonDecodeMetadata):
+    kernel: DecodeArgs
+
+
+@dataclass
+class MlaBackendMetadata(MLACommonMetadata[MlaBackendDecodeMetadata]):
+    pass
+
+
+class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
+    # Full CUDA graphs for decode batches of one query length: 1, or 1 + speculative tokens.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_BATCH
+    # Makes the common builder raise reorder_batch_threshold to 1 + speculative tokens.
+    query_len_support: ClassVar[QueryLenSupport] = QueryLenSupport.UNIFORM
+    reorder_batch_threshold: int = 1
+
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device, MlaBackendMetadata)
+        max_s_q = self.reorder_batch_threshold
+        if max_s_q > ops.MAX_S_Q:
+            raise ValueError(
+                f"mla_backend decodes at most {ops.MAX_S_Q} query tokens per "
+                f"request; this configuration needs {max_s_q}"
+            )
+        self._buffers = allocate_decode_buffers(
+            max_batch=vllm_config.scheduler_config.max_num_seqs,
+            max_s_q=max_s_q,
+            num_heads=self.num_heads,
+            num_parts_for_rows=lambda rows: ops.num_decode_parts(rows, device),
+            device=device,
+        )
+        self._seen_s_q: set[int] = set()
+
+    def _build_decode(
+        self,
+        block_table_tensor: torch.Tensor,
+        seq_lens_device: torch.Tensor,
+        max_seq_len: int,
+        query_start_loc_cpu: torch.Tensor,
+        query_start_loc_device: torch.Tensor,
+        num_decode_tokens: int,
+        dcp_tot_seq_lens_device: torch.Tensor | None,
+    ) -> MlaBackendDecodeMetadata:
+        args = map_decode(
+            block_table_tensor,
+            seq_lens_device,
+            query_start_loc_cpu,
+            num_decode_tokens,
+            self._buffers,
+        )
+        # Into the builder's buffers, on the GPU: what a captured decode graph reads on replay.
+        ops.get_decode_metadata(args.seq_lens, args.part_meta, args.batch_meta)
+        if args.s_q not in self._seen_s_q:
+            self._seen_s_q.add(args.s_q)
+            logger.info(
+                "mla_backend: decode batch with %d query token(s) per request, "
+                "%d heads, %d split-KV parts",
+                args.s_q,
+                self.num_heads,
+                args.part_meta.shape[0],
+            )
+        return MlaBackendDecodeMetadata(
+            block_table=args.block_table,
+            seq_lens=args.seq_lens,
+            dcp_tot_seq_lens=dcp_tot_seq_lens_device,
+            kernel=args,
+        )
+
+
+class MlaBackendImpl(MLACommonImpl[MlaBackendMetadata]):
+    can_return_lse_for_decode: bool = True  # natural log, as vLLM expects (lse_base_on_e)
+    supports_pcp: bool = False
+    supports_dcp: bool = False
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int,
+        alibi_slopes: list[float] | None,
+        sliding_window: int | None,
+        kv_cache_dtype: str,
+        logits_soft_cap: float | None,
+        attn_type: str,
+        kv_sharing_target_layer_name: str | None,
+        **mla_args,
+    ) -> None:
+        super().__init__(
+            num_heads,
+            head_size,
+            scale,
+            num_kv_heads,
+            alibi_slopes,
+            sliding_window,
+            kv_cache_dtype,
+            logits_soft_cap,
+            attn_type,
+            kv_sharing_target_layer_name,
+            **mla_args,
+        )
+        if any((alibi_slopes, sliding_window, logits_soft_cap)):
+            raise NotImplementedError(
+                "mla_backend supports no alibi slopes, sliding window or logits soft cap"
+            )
+        if attn_type != AttentionType.DECODER:
+            raise NotImplementedError(
+                f"mla_backend supports decoder attention only, got {attn_type}"
+            )
+        if kv_cache_dtype not in MlaBackendAttentionBackend.supported_kv_cache_dtypes:
+            raise NotImplementedError(f"mla_backend needs a bf16 KV cache, got {kv_cache_dtype}")
+        if num_heads > ops.MAX_HEADS:
+            raise NotImplementedError(
+                f"mla_backend takes at most {ops.MAX_HEADS} query heads per rank, got {num_heads}"
+            )
+        if get_current_vllm_config().parallel_config.decode_context_parallel_size > 1:
+            raise NotImplementedError("mla_backend does not support decode context parallelism")
+        self.supports_quant_query_input = False  # bf16 queries only (no fp8 KV cache)
+
+    def forward_mqa(self, q, kv_c_and_k_pe_cache, attn_metadata, layer):
+        """Decode attention: q ``[B * s_q, h, 576]`` -> (out ``[B * s_q, h, 512]``, lse)."""
+        assert attn_metadata.decode is not None
+        args = attn_metadata.decode.kernel
+        if isinstance(q, tuple):  # (q_nope absorbed into the latent space, q_pe)
+            q = torch.cat(q, dim=-1)
+        q = decode_query_view(q, args)
+        batch, s_q, heads, _ = q.shape
+        out = q.new_empty((batch, s_q, heads, HEAD_DIM_V))
+        lse = q.new_empty((batch, s_q, heads), dtype=torch.float32)
+        ops.mla_decode(
+            q,
+            kv_c_and_k_pe_cache,
+            args.block_table,
+            args.seq_lens,
+            args.part_meta,
+            args.batch_meta,
+            self.scale,
+            args.causal,
+            out,
+            lse,
+            args.o_accum,
+            args.lse_accum,
+        )
+        return out.view(batch * s_q, heads, HEAD_DIM_V), lse.view(batch * s_q, heads)

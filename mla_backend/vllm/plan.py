@@ -1,0 +1,177 @@
+"""What the decode kernel gets from vLLM's decode metadata: pure shape logic and buffer views.
+
+No vLLM and no GPU here, so the mapping is testable on CPU tensors. The metadata builder
+allocates `DecodeBuffers` once and calls `map_decode` every step; the impl reshapes q with
+`decode_query_view`. Every tensor `map_decode` returns is a view (no copy, no allocation, no
+host sync), and views of the same buffers start at the same address, which is what a CUDA
+graph replay needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from mla_backend.reference import HEAD_DIM_QK, HEAD_DIM_V
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class DecodeBuffers:
+    """Preallocated kernel inputs, sized for the largest decode batch of a builder."""
+
+    num_heads: int
+    max_batch: int
+    num_parts: tuple[int, ...]  # split-KV parts for s_q = 1, 2, ..., max_s_q
+    part_meta: Tensor  # int32 [max(num_parts), 4]
+    batch_meta: Tensor  # int32 [max_batch, 4]
+    o_accum: Tensor  # fp32, flat, the largest 2 * num_parts * rows * 512 over s_q
+    lse_accum: Tensor  # fp32, flat, the largest 2 * num_parts * rows over s_q
+
+    @property
+    def max_s_q(self) -> int:
+        return len(self.num_parts)
+
+
+@dataclass(frozen=True)
+class DecodeArgs:
+    """Everything `mla_backend.ops.mla_decode` takes besides q, the cache and the outputs."""
+
+    s_q: int  # query tokens per request
+    causal: bool
+    block_table: Tensor  # int32 [B, max_pages], vLLM's rows 0..B-1
+    seq_lens: Tensor  # int32 [B], vLLM's; 0 for CUDA-graph padding
+    part_meta: Tensor  # int32 [num_parts, 4] view
+    batch_meta: Tensor  # int32 [B, 4] view
+    o_accum: Tensor  # fp32 [2 * num_parts, s_q * h_q, 512] view
+    lse_accum: Tensor  # fp32 [2 * num_parts, s_q * h_q] view
+
+    @property
+    def batch(self) -> int:
+        return self.seq_lens.shape[0]
+
+
+def allocate_decode_buffers(
+    *,
+    max_batch: int,
+    max_s_q: int,
+    num_heads: int,
+    num_parts_for_rows: Callable[[int], int],
+    device: torch.device | str,
+) -> DecodeBuffers:
+    """Allocate the metadata and split-KV workspace for every s_q in ``1..max_s_q``.
+
+    Args:
+        max_batch: most decode requests in one step (vLLM's ``max_num_seqs``; CUDA-graph padding
+            never exceeds it).
+        max_s_q: most query tokens per decode request (1 + speculative tokens).
+        num_heads: query heads of the model on this rank.
+        num_parts_for_rows: split-KV parts for ``rows = s_q * num_heads`` query rows
+            (``mla_backend.ops.num_decode_parts``).
+    """
+    if max_batch < 1 or max_s_q < 1 or num_heads < 1:
+        raise ValueError(
+            f"need max_batch, max_s_q, num_heads >= 1, got {max_batch}, {max_s_q}, {num_heads}"
+        )
+    num_parts = tuple(num_parts_for_rows(s_q * num_heads) for s_q in range(1, max_s_q + 1))
+    slots_times_rows = max(2 * p * s_q * num_heads for s_q, p in enumerate(num_parts, start=1))
+    return DecodeBuffers(
+        num_heads=num_heads,
+        max_batch=max_batch,
+        num_parts=num_parts,
+        part_meta=torch.zeros((max(num_parts), 4), dtype=torch.int32, device=device),
+        batch_meta=torch.zeros((max_batch, 4), dtype=torch.int32, device=device),
+        o_accum=torch.empty(slots_times_rows * HEAD_DIM_V, dtype=torch.float32, device=device),
+        lse_accum=torch.empty(slots_times_rows, dtype=torch.float32, device=device),
+    )
+
+
+def uniform_query_len(num_decodes: int, num_decode_tokens: int) -> int:
+    """Query tokens per decode request: vLLM's decode batches are uniform, padding included."""
+    if num_decodes < 1 or num_decode_tokens % num_decodes:
+        raise ValueError(
+            f"{num_decode_tokens} decode tokens do not split evenly over "
+            f"{num_decodes} decode requests"
+        )
+    return num_decode_tokens // num_decodes
+
+
+def check_query_layout(query_start_loc_cpu: Tensor, s_q: int) -> None:
+    """Raise unless request ``b``'s tokens sit at ``b * s_q`` with ``s_q`` (or 0 = padding) of them.
+
+    This is the layout `decode_query_view` assumes. Reads a CPU tensor only.
+    """
+    lens = query_start_loc_cpu[1:] - query_start_loc_cpu[:-1]
+    real = lens != 0
+    starts_ok = query_start_loc_cpu[:-1][real] == torch.arange(len(lens))[real] * s_q
+    if not bool(((lens == s_q) | ~real).all() and starts_ok.all()):
+        raise ValueError(
+            f"decode batch is not uniform with {s_q} query tokens per request: "
+            f"query_start_loc={query_start_loc_cpu.tolist()}"
+        )
+
+
+def map_decode(
+    block_table: Tensor,
+    seq_lens: Tensor,
+    query_start_loc_cpu: Tensor,
+    num_decode_tokens: int,
+    buffers: DecodeBuffers,
+) -> DecodeArgs:
+    """Map the decode part of a vLLM batch onto the kernel's arguments.
+
+    Args: as vLLM's MLA builder hands them to ``_build_decode``, i.e. already cut to the
+    ``B`` decode requests at the front of the batch (CUDA-graph padding included):
+        block_table: int32 ``[B, max_pages]`` (page ids in kernel blocks of 64 tokens).
+        seq_lens: int32 ``[B]``, context plus new tokens; padded requests have 0.
+        query_start_loc_cpu: ``[B + 1]`` CPU offsets of each request's query tokens.
+        num_decode_tokens: query tokens of the B requests, padding included.
+        buffers: from `allocate_decode_buffers`.
+
+    The caller fills ``part_meta``/``batch_meta`` with ``get_decode_metadata(seq_lens, ...)``.
+    """
+    batch = seq_lens.shape[0]
+    if block_table.shape[0] != batch or query_start_loc_cpu.shape[0] != batch + 1:
+        raise ValueError(
+            f"block_table rows ({block_table.shape[0]}) and query_start_loc "
+            f"({query_start_loc_cpu.shape[0]}) do not match {batch} seq_lens"
+        )
+    if seq_lens.dtype != torch.int32 or block_table.dtype != torch.int32:
+        raise ValueError(
+            f"seq_lens and block_table must be int32, got {seq_lens.dtype} and {block_table.dtype}"
+        )
+    s_q = uniform_query_len(batch, num_decode_tokens)
+    check_query_layout(query_start_loc_cpu, s_q)
+    if s_q > buffers.max_s_q or batch > buffers.max_batch:
+        raise ValueError(
+            f"decode batch of {batch} x {s_q} query tokens exceeds the buffers "
+            f"({buffers.max_batch} x {buffers.max_s_q})"
+        )
+    num_parts = buffers.num_parts[s_q - 1]
+    rows = s_q * buffers.num_heads
+    slots = 2 * num_parts
+    return DecodeArgs(
+        s_q=s_q,
+        # Causality only matters with several query tokens: with one, both see all < L.
+        causal=s_q > 1,
+        block_table=block_table,
+        seq_lens=seq_lens,
+        part_meta=buffers.part_meta[:num_parts],
+        batch_meta=buffers.batch_meta[:batch],
+        o_accum=buffers.o_accum[: slots * rows * HEAD_DIM_V].view(slots, rows, HEAD_DIM_V),
+        lse_accum=buffers.lse_accum[: slots * rows].view(slots, rows),
+    )
+
+
+def decode_query_view(q: Tensor, args: DecodeArgs) -> Tensor:
+    """vLLM's decode queries ``[B * s_q, h_q, 576]`` (request-major) as ``[B, s_q, h_q, 576]``."""
+    tokens, heads, dim = q.shape
+    if dim != HEAD_DIM_QK or tokens != args.batch * args.s_q:
+        raise ValueError(
+            f"q {tuple(q.shape)} does not hold {args.batch} x {args.s_q} tokens of "
+            f"dim {HEAD_DIM_QK}"
+        )
+    return q.view(args.batch, args.s_q, heads, dim)

@@ -1,0 +1,201 @@
+"""The metadata builder's mapping from vLLM's batch to the kernel's arguments, on CPU tensors.
+
+Each case builds vLLM's CommonAttentionMetadata the way vLLM's GPU model runner does, splits
+it with vLLM's own split_decodes_and_prefills and slices it as vLLM's MLA builder does before
+it calls our ``_build_decode``; then checks what `plan.map_decode` gives the kernel, and runs
+the fp32 reference on it where the result matters (CUDA-graph padding).
+"""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from mla_backend import ops  # noqa: E402
+from mla_backend.reference import make_decode_inputs, mla_decode_reference  # noqa: E402
+from mla_backend.vllm import compat  # noqa: E402
+from mla_backend.vllm.plan import (  # noqa: E402
+    allocate_decode_buffers,
+    decode_query_view,
+    map_decode,
+)
+
+HEADS = 16
+NUM_SMS = 8  # a small simulated GPU
+NULL_BLOCK_ID = 0  # vLLM's block-table filler for CUDA-graph padding
+
+
+def num_parts_for_rows(rows: int) -> int:
+    """ops.num_decode_parts on a simulated GPU with NUM_SMS SMs."""
+    return max(1, NUM_SMS // math.ceil(rows / ops.rows_per_cta(rows)))
+
+
+def buffers(max_batch=8, max_s_q=4, heads=HEADS):
+    return allocate_decode_buffers(
+        max_batch=max_batch,
+        max_s_q=max_s_q,
+        num_heads=heads,
+        num_parts_for_rows=num_parts_for_rows,
+        device="cpu",
+    )
+
+
+def vllm_decode_slice(query_lens, seq_lens, *, threshold, num_real=None, max_pages=4):
+    """What vLLM's MLA builder passes to ``_build_decode`` for this batch.
+
+    ``num_real`` < len(query_lens) marks the rest as CUDA-graph padding (query length 0,
+    seq len 0, null block-table rows), as the GPU model runner pads a full-graph batch.
+    """
+    num_reqs = len(query_lens)
+    num_real = num_reqs if num_real is None else num_real
+    qsl = torch.zeros(num_reqs + 1, dtype=torch.int32)
+    qsl[1:] = torch.cumsum(torch.tensor(query_lens, dtype=torch.int32), 0)
+    # The runner pads tokens too: a padded uniform batch has num_reqs * uniform_len tokens.
+    num_tokens = num_reqs * query_lens[0] if num_real < num_reqs else int(qsl[-1])
+    block_table = torch.arange(num_reqs * max_pages, dtype=torch.int32).view(num_reqs, max_pages)
+    block_table[num_real:] = NULL_BLOCK_ID
+    common = compat.CommonAttentionMetadata(
+        query_start_loc=qsl,
+        query_start_loc_cpu=qsl,
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        num_reqs=num_reqs,
+        num_actual_tokens=num_tokens,
+        max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens),
+        block_table_tensor=block_table,
+        slot_mapping=torch.zeros(num_tokens, dtype=torch.int64),
+    )
+    num_decodes, _, num_decode_tokens, _ = compat.split_decodes_and_prefills(
+        common, decode_threshold=threshold, require_uniform=True
+    )
+    return (
+        common.block_table_tensor[:num_decodes],
+        common.seq_lens[:num_decodes],
+        common.query_start_loc_cpu[: num_decodes + 1],
+        num_decode_tokens,
+    )
+
+
+def check_views(args, bufs, batch, s_q):
+    parts = num_parts_for_rows(s_q * HEADS)
+    assert args.batch == batch and args.s_q == s_q and args.causal == (s_q > 1)
+    assert args.part_meta.shape == (parts, 4)
+    assert args.batch_meta.shape == (batch, 4)
+    assert args.o_accum.shape == (2 * parts, s_q * HEADS, 512) and args.o_accum.is_contiguous()
+    assert args.lse_accum.shape == (2 * parts, s_q * HEADS) and args.lse_accum.is_contiguous()
+    for view, buf in [
+        (args.part_meta, bufs.part_meta),
+        (args.batch_meta, bufs.batch_meta),
+        (args.o_accum, bufs.o_accum),
+        (args.lse_accum, bufs.lse_accum),
+    ]:
+        assert view.data_ptr() == buf.data_ptr()  # same address every step: graph-safe
+
+
+def test_decode_only():
+    bufs = buffers()
+    block_table, seq_lens, qsl, tokens = vllm_decode_slice([1, 1, 1], [5, 64, 130], threshold=1)
+    args = map_decode(block_table, seq_lens, qsl, tokens, bufs)
+    check_views(args, bufs, batch=3, s_q=1)
+    assert args.block_table.data_ptr() == block_table.data_ptr()  # vLLM's tensors, no copies
+    assert args.seq_lens.data_ptr() == seq_lens.data_ptr()
+
+
+def test_mixed_prefill_and_decode():
+    # vLLM reorders decodes to the front; the builder gets only them.
+    query_lens, seq_lens = [1, 1, 7, 20], [9, 300, 7, 50]
+    block_table, seq_lens_d, qsl, tokens = vllm_decode_slice(query_lens, seq_lens, threshold=1)
+    args = map_decode(block_table, seq_lens_d, qsl, tokens, buffers())
+    assert args.batch == 2 and args.s_q == 1
+    assert args.seq_lens.tolist() == [9, 300]
+    assert args.block_table.tolist() == torch.arange(8).view(2, 4).tolist()
+    q = torch.randn(sum(query_lens), HEADS, 576)
+    view = decode_query_view(q[:tokens], args)  # forward_impl gives forward_mqa q[:tokens]
+    assert torch.equal(view[:, 0], q[:2])
+
+
+@pytest.mark.parametrize(
+    ("query_lens", "num_decodes"),
+    [([4, 4, 4], 3), ([4, 4, 1, 9], 2), ([3, 3, 4], 2), ([1, 1, 4], 2)],
+    ids=["uniform", "then-short-and-prefill", "short-first", "single-then-spec"],
+)
+def test_several_query_tokens_per_request(query_lens, num_decodes):
+    # speculative decoding with 3 draft tokens: decodes are up to 4 tokens, all the same length
+    seq_lens = [40 + 30 * i for i in range(len(query_lens))]
+    block_table, seq_lens_d, qsl, tokens = vllm_decode_slice(query_lens, seq_lens, threshold=4)
+    bufs = buffers()
+    args = map_decode(block_table, seq_lens_d, qsl, tokens, bufs)
+    s_q = query_lens[0]
+    check_views(args, bufs, batch=num_decodes, s_q=s_q)
+    q = torch.randn(sum(query_lens), HEADS, 576)
+    view = decode_query_view(q[:tokens], args)
+    for b in range(num_decodes):
+        assert torch.equal(view[b], q[qsl[b] : qsl[b + 1]])
+
+
+def test_padded_cuda_graph_batch():
+    # 2 real requests of 4 query tokens, padded to the captured batch of 4.
+    real_lens = [70, 9]
+    block_table, seq_lens, qsl, tokens = vllm_decode_slice(
+        [4, 4, 0, 0], real_lens + [0, 0], threshold=4, num_real=2
+    )
+    bufs = buffers()
+    args = map_decode(block_table, seq_lens, qsl, tokens, bufs)
+    check_views(args, bufs, batch=4, s_q=4)
+
+    # The kernel's semantics (reference) on exactly these arguments: padding is inert.
+    inputs = make_decode_inputs(
+        real_lens + [0, 0],
+        s_q=4,
+        h_q=HEADS,
+        dtype=torch.float32,
+        generator=torch.Generator().manual_seed(0),
+    )
+    table = inputs.block_table.clone()
+    table[2:] = NULL_BLOCK_ID
+    out, lse = mla_decode_reference(
+        inputs.q, inputs.kv_cache, table, args.seq_lens, 0.1, args.causal
+    )
+    assert torch.all(out[2:] == 0) and torch.all(lse[2:] == -math.inf)
+    unpadded_out, unpadded_lse = mla_decode_reference(
+        inputs.q[:2], inputs.kv_cache, inputs.block_table[:2], inputs.seqlens[:2], 0.1, True
+    )
+    torch.testing.assert_close(out[:2], unpadded_out)
+    torch.testing.assert_close(lse[:2], unpadded_lse)
+
+
+def test_buffers_cover_every_query_length():
+    bufs = buffers(max_batch=5, max_s_q=4)
+    assert bufs.max_s_q == 4 and bufs.batch_meta.shape == (5, 4)
+    assert bufs.part_meta.shape[0] == max(num_parts_for_rows(s * HEADS) for s in range(1, 5))
+    most = max(2 * num_parts_for_rows(s * HEADS) * s * HEADS for s in range(1, 5))
+    assert bufs.o_accum.numel() == most * 512 and bufs.lse_accum.numel() == most
+
+
+@pytest.mark.parametrize(
+    ("query_lens", "seq_lens", "tokens", "match"),
+    [
+        ([1] * 9, [5] * 9, 9, "exceeds the buffers"),  # batch > max_batch
+        ([5, 5], [5, 5], 10, "exceeds the buffers"),  # s_q > max_s_q
+        ([2, 1], [5, 5], 3, "do not split evenly"),
+        ([3, 1], [5, 5], 4, "not uniform"),
+    ],
+)
+def test_rejects_what_the_buffers_or_kernel_cannot_take(query_lens, seq_lens, tokens, match):
+    qsl = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()])
+    block_table = torch.zeros(len(query_lens), 2, dtype=torch.int32)
+    with pytest.raises(ValueError, match=match):
+        map_decode(block_table, torch.tensor(seq_lens, dtype=torch.int32), qsl, tokens, buffers())
+
+
+def test_rejects_int64_seq_lens():
+    with pytest.raises(ValueError, match="int32"):
+        map_decode(
+            torch.zeros(1, 2, dtype=torch.int32),
+            torch.tensor([5]),
+            torch.tensor([0, 1]),
+            1,
+            buffers(),
+        )
