@@ -1,7 +1,8 @@
 """The fp32 PyTorch reference for paged MLA decode: the single source of truth for semantics.
 
-Also the naive dense attention the reference is tested against, and the input builder the tests
-use to make bugs loud (NaN in unused cache slots, permuted pages, out-of-range unused page ids).
+Also the accuracy rule a kernel's output is held to, the naive dense attention the reference is
+tested against, and the input builder that makes bugs loud (NaN in unused cache slots, permuted
+pages, out-of-range unused page ids).
 """
 
 from __future__ import annotations
@@ -63,6 +64,59 @@ def mla_decode_reference(
         kv = kv_cache[page_ids].reshape(num_pages * PAGE_SIZE, HEAD_DIM_QK)[:length]
         out[b], lse[b] = _attend(q[b], kv, softmax_scale, causal, compute_dtype)
     return out, lse
+
+
+def check_decode_output(
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seqlens: torch.Tensor,
+    softmax_scale: float,
+    causal: bool,
+    *,
+    out_atol: float = 1e-3,
+    mean_atol: float = 1e-4,
+    lse_rtol: float = 1e-3,
+    min_cosine: float = 0.999,
+) -> None:
+    """Raise AssertionError unless a kernel's ``out`` / ``lse`` (``[B, s_q, h_q]``) are right.
+
+    FlashAttention-3's rule: the max error against the fp32 reference is at most twice that of
+    the same computation in bf16 PyTorch, plus ``out_atol`` (and likewise the mean error, plus
+    ``mean_atol``, which catches a small error spread over many elements); each row's cosine
+    similarity with the reference exceeds ``min_cosine``; and
+    ``|lse - ref| <= lse_rtol * (1 + |ref|)``. Empty rows must be exactly ``out = 0``,
+    ``lse = -inf``, and nothing may be NaN (fill the outputs with NaN before the call to catch
+    unwritten elements).
+    """
+    args = (q, kv_cache, block_table, seqlens, softmax_scale, causal)
+    ref_out, ref_lse = mla_decode_reference(*args)
+    low_out, _ = mla_decode_reference(*args, compute_dtype=torch.bfloat16)
+
+    assert not out.isnan().any(), "out has NaN: an element was not written, or NaN leaked in"
+    assert not lse.isnan().any(), "lse has NaN: an element was not written, or NaN leaked in"
+    empty = torch.isneginf(ref_lse)
+    assert torch.equal(torch.isneginf(lse), empty), "lse = -inf must mark exactly the empty rows"
+    assert (out[empty] == 0).all(), "rows that see no position must be 0"
+    if empty.all():
+        return
+
+    err = (out.float() - ref_out).abs()
+    baseline = (low_out - ref_out).abs()
+    assert err.max() <= 2 * baseline.max() + out_atol, (
+        f"max error {err.max().item():.3g}, bf16 PyTorch {baseline.max().item():.3g}"
+    )
+    assert err.mean() <= 2 * baseline.mean() + mean_atol, (
+        f"mean error {err.mean().item():.3g}, bf16 PyTorch {baseline.mean().item():.3g}"
+    )
+    cosine = torch.nn.functional.cosine_similarity(
+        out[~empty].float(), ref_out[~empty], dim=-1
+    ).min()
+    assert cosine.item() > min_cosine, f"min row cosine similarity {cosine.item():.6f}"
+    lse_err = ((lse - ref_lse)[~empty].abs() / (1 + ref_lse[~empty].abs())).max()
+    assert lse_err.item() <= lse_rtol, f"lse relative error {lse_err.item():.3g}"
 
 
 def _attend(

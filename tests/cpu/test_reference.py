@@ -11,6 +11,7 @@ from mla_backend.reference import (
     HEAD_DIM_V,
     OUT_OF_RANGE_PAGE,
     PAGE_SIZE,
+    check_decode_output,
     make_decode_inputs,
     mla_decode_reference,
     naive_dense_attention,
@@ -133,3 +134,62 @@ def test_bf16_baseline_is_close_but_not_equal():
     assert not torch.equal(out16, out32)
     torch.testing.assert_close(out16, out32, atol=0.05, rtol=0.05)
     torch.testing.assert_close(lse16, lse32, atol=0.1, rtol=0.02)
+
+
+def reference_as_kernel_output(inputs, causal=True):
+    out, lse = mla_decode_reference(
+        inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE, causal
+    )
+    return out.bfloat16(), lse
+
+
+def run_check(out, lse, inputs, causal=True):
+    check_decode_output(
+        out, lse, inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE, causal
+    )
+
+
+@pytest.fixture
+def checked_inputs():
+    return make_decode_inputs([0, 3, 150], 2, 4, generator=torch.Generator().manual_seed(7))
+
+
+def test_check_accepts_the_reference(checked_inputs):
+    run_check(*reference_as_kernel_output(checked_inputs), checked_inputs)
+
+
+def test_check_rejects_an_off_by_one_length(checked_inputs):
+    # The kernel's answer for one cache token fewer in the last sequence.
+    shorter = checked_inputs.seqlens.clone()
+    shorter[2] -= 1
+    out, lse = mla_decode_reference(
+        checked_inputs.q, checked_inputs.kv_cache, checked_inputs.block_table, shorter, SCALE
+    )
+    with pytest.raises(AssertionError, match="error|cosine"):
+        run_check(out.bfloat16(), lse, checked_inputs)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda out, lse: out[2, 1, 3, 7].fill_(math.nan), "out has NaN"),
+        (lambda out, lse: lse[1, 0, 0].fill_(math.nan), "lse has NaN"),
+        (lambda out, lse: lse[0, 0, 0].fill_(0.0), "empty rows"),
+        (lambda out, lse: out[0, 1, 2, 0].fill_(1.0), "must be 0"),
+        (lambda out, lse: out[2, 0, 1].copy_(out[2, 0, 1].flip(0) * 0.01), "max error"),
+        (lambda out, lse: lse[2, 1, 3].add_(0.05), "lse relative error"),
+    ],
+    ids=[
+        "out_nan",
+        "lse_nan",
+        "lse_not_neg_inf",
+        "empty_row_nonzero",
+        "wrong_row",
+        "lse",
+    ],
+)
+def test_check_rejects(checked_inputs, corrupt, message):
+    out, lse = reference_as_kernel_output(checked_inputs)
+    corrupt(out, lse)
+    with pytest.raises(AssertionError, match=message):
+        run_check(out, lse, checked_inputs)

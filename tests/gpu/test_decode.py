@@ -1,0 +1,179 @@
+"""The decode kernel against the fp32 reference on an sm_90 GPU.
+
+Inputs make bugs loud: NaN in every unused cache slot, randomly permuted pages, out-of-range ids
+in unused block-table entries, and NaN in out/lse/workspace before the call so an unwritten
+element shows. Accuracy: reference.check_decode_output (FlashAttention-3's rule, cosine, LSE).
+"""
+
+import random
+
+import pytest
+import torch
+
+from mla_backend import ops
+from mla_backend.reference import HEAD_DIM_V, check_decode_output, make_decode_inputs
+
+pytestmark = pytest.mark.gpu
+
+HEADS = [1, 3, 16, 32, 64, 127, 128]
+S_Q = [1, 2, 4]
+CAUSAL = [True, False]
+SEQLENS = [[0], [1], [63], [64], [65], [113], [4097], [0, 1, 63, 64, 65, 113, 4097, 700]]
+SCALE = 192**-0.5  # DeepSeek-V3: 1 / sqrt(qk_nope 128 + qk_rope 64)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+def run_decode(inputs, causal: bool, scale: float = SCALE, num_parts: int | None = None):
+    """Metadata + decode into NaN-poisoned buffers; returns (out, lse)."""
+    batch, s_q, h_q, _ = inputs.q.shape
+    rows = s_q * h_q
+    part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, rows, num_parts=num_parts)
+    nan = float("nan")
+    out = torch.full((batch, s_q, h_q, HEAD_DIM_V), nan, dtype=torch.bfloat16, device="cuda")
+    lse = torch.full((batch, s_q, h_q), nan, device="cuda")
+    o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), rows, "cuda")
+    o_accum.fill_(nan)
+    lse_accum.fill_(nan)
+    ops.mla_decode(
+        inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
+        scale, causal, out, lse, o_accum, lse_accum,
+    )  # fmt: skip
+    return out, lse
+
+
+def check(out: torch.Tensor, lse: torch.Tensor, inputs, causal: bool, scale: float = SCALE):
+    check_decode_output(
+        out, lse, inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, scale, causal
+    )
+
+
+@pytest.mark.parametrize("seqlens", SEQLENS, ids=str)
+@pytest.mark.parametrize("h_q", HEADS)
+@pytest.mark.parametrize("s_q", S_Q)
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_decode(seqlens, h_q, s_q, causal):
+    inputs = make_decode_inputs(seqlens, s_q, h_q, device="cuda", generator=gen(0))
+    out, lse = run_decode(inputs, causal)
+    check(out, lse, inputs, causal)
+
+
+@pytest.mark.parametrize("kv_4d", [False, True])
+@pytest.mark.parametrize("q_strided", [False, True])
+@pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (4, 128), (2, 3)])
+def test_layouts(kv_4d, q_strided, s_q, h_q):
+    inputs = make_decode_inputs(
+        [200, 0, 64, 1000], s_q, h_q, device="cuda", kv_4d=kv_4d, q_strided=q_strided,
+        generator=gen(1),
+    )  # fmt: skip
+    out, lse = run_decode(inputs, causal=True)
+    check(out, lse, inputs, causal=True)
+
+
+@pytest.mark.parametrize("num_parts", [1, 2, 7, 33, 1000])
+@pytest.mark.parametrize("h_q", [16, 128])
+def test_any_num_parts_is_correct(num_parts, h_q):
+    # More parts than work, one part for everything, and cuts at awkward places.
+    seqlens = [5000, 0, 1, 64, 3000, 65, 129, 0, 2000, 7]
+    inputs = make_decode_inputs(seqlens, 2, h_q, device="cuda", generator=gen(2))
+    out, lse = run_decode(inputs, causal=True, num_parts=num_parts)
+    check(out, lse, inputs, causal=True)
+
+
+@pytest.mark.parametrize("seqlens", [[8192], [0, 0, 0], [1] * 64, [100, 9000, 3, 4097]], ids=str)
+def test_batches(seqlens):
+    inputs = make_decode_inputs(seqlens, 1, 128, device="cuda", generator=gen(3))
+    out, lse = run_decode(inputs, causal=True)
+    check(out, lse, inputs, causal=True)
+
+
+def test_max_query_tokens():
+    inputs = make_decode_inputs([3, 16, 17, 500], ops.MAX_S_Q, 8, device="cuda", generator=gen(4))
+    out, lse = run_decode(inputs, causal=True)
+    check(out, lse, inputs, causal=True)
+
+
+@pytest.mark.parametrize("num_parts", [None, 5])
+def test_deterministic(num_parts):
+    inputs = make_decode_inputs([4097, 30, 700], 2, 64, device="cuda", generator=gen(5))
+    out1, lse1 = run_decode(inputs, causal=True, num_parts=num_parts)
+    out2, lse2 = run_decode(inputs, causal=True, num_parts=num_parts)
+    assert torch.equal(out1.view(torch.int16), out2.view(torch.int16))
+    assert torch.equal(lse1.view(torch.int32), lse2.view(torch.int32))
+
+
+def test_empty_batch():
+    inputs = make_decode_inputs([], 1, 16, device="cuda")
+    out, lse = ops.flash_mla_with_kvcache(
+        inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, HEAD_DIM_V
+    )
+    assert out.shape == (0, 1, 16, HEAD_DIM_V) and lse.shape == (0, 16, 1)
+
+
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_flash_mla_with_kvcache(causal, precomputed):
+    inputs = make_decode_inputs([300, 5, 64], 2, 16, device="cuda", generator=gen(6))
+    metadata = ops.get_mla_metadata(inputs.seqlens, 2 * 16, 1) if precomputed else (None, None)
+    out, lse = ops.flash_mla_with_kvcache(
+        inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, HEAD_DIM_V, *metadata,
+        causal=causal,
+    )  # fmt: skip
+    assert out.dtype == torch.bfloat16 and out.shape == (3, 2, 16, HEAD_DIM_V)
+    assert lse.shape == (3, 16, 2)  # FlashMLA's [B, h_q, s_q]
+    check(out, lse.transpose(1, 2), inputs, causal, scale=576**-0.5)
+
+
+def test_metadata_invariants():
+    seqlens = [5000, 0, 1, 64, 3000, 65, 0]
+    inputs = make_decode_inputs(seqlens, 1, 16, device="cuda")
+    for num_parts in (1, 3, 16, 100):
+        part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, 16, num_parts=num_parts)
+        parts, batches = part_meta.tolist(), batch_meta.tolist()
+        assert parts[0][2] == 0, "the first part starts at unit 0"
+        for p in range(num_parts - 1):
+            assert parts[p][3] == parts[p + 1][2], "parts tile the work end to end"
+        for b_begin, b_end, start, end in parts:
+            assert 0 <= b_begin <= b_end <= len(seqlens) and start <= end
+        for b, (_, first_part, num_splits, _) in enumerate(batches):
+            touching = [p for p, part in enumerate(parts) if part[0] <= b < part[1]]
+            assert touching == list(range(first_part, first_part + num_splits)), (num_parts, b)
+
+
+def test_opcheck():
+    inputs = make_decode_inputs([100, 0, 70], 2, 16, device="cuda", generator=gen(7))
+    part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, 32)
+    torch.library.opcheck(
+        torch.ops.mla_backend.get_decode_metadata.default,
+        (inputs.seqlens, part_meta.clone(), batch_meta.clone()),
+    )
+    out = torch.empty(3, 2, 16, HEAD_DIM_V, dtype=torch.bfloat16, device="cuda")
+    lse = torch.empty(3, 2, 16, device="cuda")
+    o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), 32, "cuda")
+    torch.library.opcheck(
+        torch.ops.mla_backend.decode.default,
+        (inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
+         SCALE, True, out, lse, o_accum, lse_accum),
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(40))
+def test_random_sweep(seed):
+    rng = random.Random(seed)
+    batch = rng.choice([1, 2, 7, 32, 64])
+    seqlens = [
+        rng.choice([0, 1, rng.randrange(1, 9000), rng.randrange(1, 600)]) for _ in range(batch)
+    ]
+    s_q = rng.choice([1, 1, 2, 3, 4, 8, 16])
+    h_q = rng.choice([1, 5, 16, 16, 32, 64, 100, 128])
+    causal = rng.random() < 0.8
+    inputs = make_decode_inputs(
+        seqlens, s_q, h_q, device="cuda", kv_4d=rng.random() < 0.5,
+        q_strided=rng.random() < 0.3, generator=gen(seed),
+    )  # fmt: skip
+    scale = rng.choice([SCALE, 576**-0.5, 0.3])
+    out, lse = run_decode(inputs, causal, scale=scale)
+    check(out, lse, inputs, causal, scale=scale)
