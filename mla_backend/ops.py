@@ -42,10 +42,13 @@ def is_supported(device: DeviceLike = None) -> tuple[bool, str]:
 def rows_per_cta(num_q_rows: int) -> int:
     """Query rows one CTA of the decode kernel handles, for ``num_q_rows = s_q * h_q``.
 
-    Always one 64-row wgmma tile (smaller problems are padded; see docs/perf.md, v2). Kept as a
-    function of ``num_q_rows`` so callers need not change if row-count-specific tiles return.
+    Mirrors ``decode_rows_per_cta`` in csrc/include/mla/api.h: up to 32 rows run one swap-AB tile
+    of 16 or 32 rows, more rows run tiles of 64.
     """
-    del num_q_rows
+    if num_q_rows <= 16:
+        return 16
+    if num_q_rows <= 32:
+        return 32
     return 64
 
 

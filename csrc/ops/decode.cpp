@@ -71,9 +71,10 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
 
   check_shape(out, "out", {batch, s_q, h_q, kDimV});
   check_last_dim_contiguous(out, "out");
-  TORCH_CHECK(out.stride(0) % 2 == 0 && out.stride(1) % 2 == 0 && out.stride(2) % 2 == 0 &&
-                  reinterpret_cast<uintptr_t>(out.data_ptr()) % 8 == 0,
-              "out must be 8-byte aligned with even strides, got strides ", out.strides());
+  TORCH_CHECK(out.stride(0) % 8 == 0 && out.stride(1) % 8 == 0 && out.stride(2) % 8 == 0 &&
+                  aligned16(out),
+              "out must be 16-byte aligned with strides multiple of 8 elements, got strides ",
+              out.strides());
   check_shape(lse, "lse", {batch, s_q, h_q});
 
   const int64_t rows = s_q * h_q;
@@ -145,12 +146,16 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.h_q = static_cast<int>(q.size(2));
   p.rows = p.s_q * p.h_q;
   p.num_parts = static_cast<int>(part_meta.size(0));
-  p.num_m_tiles = (p.rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
+  const int rows_per_cta = decode_rows_per_cta(p.rows);
+  p.num_m_tiles = (p.rows + rows_per_cta - 1) / rows_per_cta;
   p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
   p.causal = causal;
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  cudaError_t err = run_decode_main(p, stream);
+  // The one place the row count becomes a template parameter.
+  cudaError_t err = rows_per_cta == 16   ? run_decode_swapab<16>(p, stream)
+                    : rows_per_cta == 32 ? run_decode_swapab<32>(p, stream)
+                                         : run_decode_main(p, stream);
   TORCH_CHECK(err == cudaSuccess, "mla_backend decode kernel failed to launch: ",
               cudaGetErrorString(err));
   err = run_combine(p, stream);

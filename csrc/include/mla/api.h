@@ -9,15 +9,18 @@ namespace mla {
 
 cudaError_t run_metadata(const MetadataParams& params, cudaStream_t stream);
 
-// Main split-KV kernel (sm90/decode): one CTA per (row tile of kDecodeRowsPerCta, part).
+// Main split-KV kernel (sm90/decode): one CTA per (tile of 64 query rows, part).
 cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream);
+
+// Swap-AB split-KV kernel (sm90/decode_swapab) for problems of at most kN = 16 or 32 query rows.
+template <int kN>
+cudaError_t run_decode_swapab(const DecodeParams& params, cudaStream_t stream);
 
 // Merges the partial results of sequences split across parts; no-op for unsplit ones.
 cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream);
 
-// Query rows per CTA: one m64 wgmma tile. Fewer rows (16 or 32 heads at s_q = 1) are padded:
-// measured on the H200, the padded wgmma tile still beat a 16/32-row mma.sync kernel by 1.4-1.5x
-// when memory-bound (docs/perf.md, v2).
-constexpr int kDecodeRowsPerCta = 64;
+// Query rows per CTA: up to 32 rows run the swap-AB kernel in one tile of 16 or 32 (rows on the
+// wgmma N dimension, no padding waste); more rows run 64-row tiles (rows on M).
+inline int decode_rows_per_cta(int rows) { return rows <= 16 ? 16 : (rows <= 32 ? 32 : 64); }
 
 }  // namespace mla

@@ -16,74 +16,18 @@
 #include "mla/softmax.cuh"
 #include "mla/wgmma.cuh"
 #include "sm90/decode/config.h"
+#include "sm90/page_tile.cuh"
 
 namespace mla::sm90::decode {
 
 constexpr int kBarSoftmax = 1;  // named barrier over both warpgroups (id 0 is __syncthreads)
-
-// K-major operand (Q, P, K): rows of 128 B, 8-row atoms 1024 B apart; k16 steps advance 32 B.
-__device__ __forceinline__ uint64_t desc_k_major(uint32_t addr) {
-  return ptx::gmma_desc_sw128(addr, 16, 1024);
-}
-// MN-major operand (V): 64-dim atom columns kTileBytes apart, 8-token groups 1024 B apart.
-__device__ __forceinline__ uint64_t desc_mn_major(uint32_t addr) {
-  return ptx::gmma_desc_sw128(addr, kTileBytes, 1024);
-}
-
-// One thread issues a page's nine 64-dim boxes. An unreadable page is not read; `bad` poisons the
-// sequence's output instead.
-__device__ __forceinline__ void load_page(const CUtensorMap* tmap, const DecodeParams& p,
-                                          const SeqWork& w, int page, uint8_t* stage,
-                                          uint64_t* bar, int* bad) {
-  const int page_id = page_id_of(p, w, page);
-  if (page_id < 0) {
-    *bad = 1;
-    ptx::mbarrier_arrive_expect_tx(bar, 0);
-    return;
-  }
-  ptx::mbarrier_arrive_expect_tx(bar, kPageBytes);
-  for (int kb = 0; kb < kDimBlocks; ++kb) {
-    ptx::tma_load_3d(stage + kb * kTileBytes, tmap, kb * kBlockDims, 0, page_id, bar);
-  }
-}
-
-// Q rows of this tile in the same swizzled atom-column layout as a page; rows past s_q * h_q are 0.
-__device__ __forceinline__ void load_q(const DecodeParams& p, int b, int m_tile, uint8_t* sq,
-                                       int tid) {
-  constexpr int kChunks = 576 / 8;
-  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
-    const int row = idx / kChunks;
-    const int chunk = idx % kChunks;
-    const int r = m_tile * kRows + row;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < p.rows) {
-      const __nv_bfloat16* src = p.q + int64_t(b) * p.q_batch_stride +
-                                 int64_t(r / p.h_q) * p.q_token_stride +
-                                 int64_t(r % p.h_q) * p.q_head_stride;
-      v = *reinterpret_cast<const uint4*>(src + chunk * 8);
-    }
-    *reinterpret_cast<uint4*>(sq + (chunk / 8) * kTileBytes + sw128_offset(row, chunk % 8)) = v;
-  }
-}
-
-// Tokens past the sequence end in a partial last page hold whatever the cache has there (NaN in
-// the tests): zero them so that P = 0 times V stays 0.
-__device__ __forceinline__ void zero_tail(uint8_t* stage, int valid, int tid) {
-  const int n = (kPageSize - valid) * kDimBlocks * 8;  // 16-byte chunks to clear
-  for (int i = tid; i < n; i += kThreads) {
-    const int row = valid + i / (kDimBlocks * 8);
-    const int rest = i % (kDimBlocks * 8);
-    *reinterpret_cast<uint4*>(stage + (rest / 8) * kTileBytes + row * 128 + (rest % 8) * 16) =
-        make_uint4(0, 0, 0, 0);
-  }
-}
 
 __global__ void __launch_bounds__(kThreads, 1)
     decode_kernel(const __grid_constant__ DecodeParams p,
                         const __grid_constant__ CUtensorMap tmap) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + kAlign - 1) & ~uintptr_t(kAlign - 1));
+      (reinterpret_cast<uintptr_t>(smem_raw) + kSwizzleAlign - 1) & ~uintptr_t(kSwizzleAlign - 1));
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;
@@ -125,7 +69,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         load_page(&tmap, p, w, w.page_begin + j, skv + s * kPageBytes, &bars[s], bad);
       }
     }
-    load_q(p, w.batch, m_tile, sq, tid);
+    load_q<kRows, kThreads>(p, w.batch, m_tile * kRows, sq, tid);
     ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
 
     int limit[2];
@@ -151,7 +95,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       phase ^= 1u << s;
       const int valid = w.seqlen - page * kPageSize;
       if (valid < kPageSize) {
-        zero_tail(stage, valid, tid);
+        zero_tail(stage, valid, tid, kThreads);
         ptx::fence_proxy_async_shared();
         ptx::named_barrier_sync(kBarSoftmax, kThreads);
       }
@@ -166,7 +110,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           const uint64_t da = desc_k_major(sq_addr + kb * kTileBytes + kk * 32);
           const uint64_t db =
               desc_k_major(kv_addr + kb * kTileBytes + wg * kTokensPerWg * 128 + kk * 32);
-          ptx::wgmma_m64n32k16<0>(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc), da, db,
+          ptx::wgmma_m64n32k16<0, 0>(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc), da, db,
                                   kb + kk > 0);
         }
       }
@@ -185,7 +129,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int kk = 0; kk < 4; ++kk) {
         const uint64_t da = desc_k_major(sp_addr + kk * 32);
         const uint64_t db = desc_mn_major(kv_addr + wg * 4 * kTileBytes + kk * 16 * 128);
-        ptx::wgmma_m64n256k16<1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o), da, db, 1);
+        ptx::wgmma_m64n256k16<0, 1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o), da, db, 1);
       }
       ptx::wgmma_commit();
       ptx::wgmma_wait<0>();

@@ -1,0 +1,83 @@
+// A KV page in shared memory as both sm90 decode kernels hold it: nine 128B-swizzled atom columns
+// of [64 tokens x 64 dims], written by TMA. The same tile is the K operand of S = Q K^T
+// (K-major) and the V operand of O += P V (MN-major).
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "mla/params.h"
+#include "mla/ptx.cuh"
+#include "mla/schedule.cuh"
+#include "mla/wgmma.cuh"
+
+namespace mla::sm90 {
+
+constexpr int kBlockDims = 64;                      // dims per 128-byte swizzle atom column
+constexpr int kDimBlocks = kDimQK / kBlockDims;     // 9 atom columns per cached token
+constexpr int kTileBytes = kPageSize * 128;         // one atom column of a page
+constexpr int kPageBytes = kDimBlocks * kTileBytes; // 72 KB
+constexpr int kSwizzleAlign = 1024;                 // 128B-swizzle atoms start 1024-aligned
+
+// K-major operand: rows of 128 B, 8-row atoms 1024 B apart; k16 steps advance 32 B.
+__device__ __forceinline__ uint64_t desc_k_major(uint32_t addr) {
+  return ptx::gmma_desc_sw128(addr, 16, 1024);
+}
+// MN-major operand: 64-element atom columns kTileBytes apart, 8-row groups 1024 B apart.
+__device__ __forceinline__ uint64_t desc_mn_major(uint32_t addr) {
+  return ptx::gmma_desc_sw128(addr, kTileBytes, 1024);
+}
+
+// Issued by one thread: a page's nine boxes on `bar`. An unreadable page is not read; `bad`
+// poisons the sequence's output instead.
+__device__ __forceinline__ void load_page(const CUtensorMap* tmap, const DecodeParams& p,
+                                          const SeqWork& w, int page, uint8_t* stage,
+                                          uint64_t* bar, int* bad) {
+  const int page_id = page_id_of(p, w, page);
+  if (page_id < 0) {
+    *bad = 1;
+    ptx::mbarrier_arrive_expect_tx(bar, 0);
+    return;
+  }
+  ptx::mbarrier_arrive_expect_tx(bar, kPageBytes);
+  for (int kb = 0; kb < kDimBlocks; ++kb) {
+    ptx::tma_load_3d(stage + kb * kTileBytes, tmap, kb * kBlockDims, 0, page_id, bar);
+  }
+}
+
+// Tokens past the sequence end in a partial last page hold whatever the cache has there (NaN in
+// the tests): zero them so that P = 0 times V stays 0. The caller fences and syncs afterwards.
+__device__ __forceinline__ void zero_tail(uint8_t* stage, int valid, int tid, int threads) {
+  const int n = (kPageSize - valid) * kDimBlocks * 8;  // 16-byte chunks to clear
+  for (int i = tid; i < n; i += threads) {
+    const int row = valid + i / (kDimBlocks * 8);
+    const int rest = i % (kDimBlocks * 8);
+    *reinterpret_cast<uint4*>(stage + (rest / 8) * kTileBytes + row * 128 + (rest % 8) * 16) =
+        make_uint4(0, 0, 0, 0);
+  }
+}
+
+// Q rows [row_begin, row_begin + kTileRows) of sequence b in the same swizzled layout (atom
+// column kb at kb * kTileRows * 128); rows past s_q * h_q are zero.
+template <int kTileRows, int kThreads>
+__device__ __forceinline__ void load_q(const DecodeParams& p, int b, int row_begin, uint8_t* sq,
+                                       int tid) {
+  constexpr int kChunks = kDimQK / 8;
+  for (int idx = tid; idx < kTileRows * kChunks; idx += kThreads) {
+    const int row = idx / kChunks;
+    const int chunk = idx % kChunks;
+    const int r = row_begin + row;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < p.rows) {
+      const __nv_bfloat16* src = p.q + int64_t(b) * p.q_batch_stride +
+                                 int64_t(r / p.h_q) * p.q_token_stride +
+                                 int64_t(r % p.h_q) * p.q_head_stride;
+      v = *reinterpret_cast<const uint4*>(src + chunk * 8);
+    }
+    *reinterpret_cast<uint4*>(sq + (chunk / 8) * (kTileRows * 128) +
+                              row * 128 + (((chunk % 8) ^ (row & 7)) << 4)) = v;
+  }
+}
+
+}  // namespace mla::sm90
