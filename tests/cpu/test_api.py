@@ -84,9 +84,13 @@ def test_is_supported_rejects_cpu_device(monkeypatch):
     assert not ok and "not a CUDA device" in reason
 
 
-@pytest.mark.parametrize("rows", [1, 16, 17, 64, 65, 2048])
+@pytest.mark.parametrize("rows", [1, 16, 17, 32, 33, 64, 65, 2048])
 def test_rows_per_cta(rows):
-    assert ops.rows_per_cta(rows) == 64  # one wgmma tile; smaller problems are padded
+    # Tiles of 16, 32 or 64 rows; problems of more than 32 rows always use 64.
+    per_cta = ops.rows_per_cta(rows)
+    assert per_cta in (16, 32, 64)
+    assert per_cta >= min(rows, 64)
+    assert rows <= 32 or per_cta == 64
 
 
 @pytest.mark.parametrize(
