@@ -42,14 +42,10 @@ def is_supported(device: DeviceLike = None) -> tuple[bool, str]:
 def rows_per_cta(num_q_rows: int) -> int:
     """Query rows one CTA of the decode kernel handles, for ``num_q_rows = s_q * h_q``.
 
-    Mirrors ``decode_rows_per_cta`` in csrc/include/mla/api.h: up to 32 rows run one swap-AB tile
-    of 16 or 32 rows, more rows run tiles of 64.
+    Mirrors ``decode_rows_per_cta`` in csrc/include/mla/api.h: up to 16 rows run one swap-AB
+    tile of 16 rows, more rows run tiles of 64.
     """
-    if num_q_rows <= 16:
-        return 16
-    if num_q_rows <= 32:
-        return 32
-    return 64
+    return 16 if num_q_rows <= 16 else 64
 
 
 @functools.cache

@@ -152,10 +152,9 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.causal = causal;
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  // The one place the row count becomes a template parameter.
-  cudaError_t err = rows_per_cta == 16   ? run_decode_swapab<16>(p, stream)
-                    : rows_per_cta == 32 ? run_decode_swapab<32>(p, stream)
-                                         : run_decode_main(p, stream);
+  // The one place the row count picks a kernel.
+  cudaError_t err =
+      rows_per_cta == 16 ? run_decode_swapab(p, stream) : run_decode_main(p, stream);
   TORCH_CHECK(err == cudaSuccess, "mla_backend decode kernel failed to launch: ",
               cudaGetErrorString(err));
   err = run_combine(p, stream);

@@ -1,4 +1,4 @@
-// Split-KV paged MLA decode for up to 32 query rows (16/32 heads at s_q = 1): "swap AB". The
+// Split-KV paged MLA decode for up to kN = 16 query rows (16 heads at s_q = 1): "swap AB". The
 // page's 64 tokens sit on the wgmma M dimension and the query rows on N, so no MMA work is spent
 // on padding rows: S^T = K Q^T (m64 x kN) and O^T += V^T P^T (eight m64 x kN tiles over the 512 V
 // dims, V read MN-major from the same TMA page tile). Two warpgroups take alternate pages of the
@@ -39,7 +39,7 @@ struct Layout {
   // hit different banks.
   static constexpr int kYPitch = kDimV + 4;
 
-  static_assert(kN == 16 || kN == 32, "swap-AB tiles hold 16 or 32 query rows");
+  static_assert(kN % 8 == 0 && kN <= 32, "swap-AB tiles: N = query rows, a multiple of 8");
   static_assert(kOffKV % kSwizzleAlign == 0 && kOffP % kSwizzleAlign == 0, "atom alignment");
   static_assert(kN * kYPitch * 4 <= kPageBytes, "output staging must fit in a stage");
   static_assert((kVTiles * kN / 2 + kN / 2) * 128 * 4 <= kPageBytes,
@@ -62,19 +62,11 @@ template <>
 __device__ __forceinline__ void wgmma_n<16>(float (&d)[2][4], uint64_t a, uint64_t b, int acc) {
   ptx::wgmma_m64n16k16<0, 0>(reinterpret_cast<float(&)[8]>(d), a, b, acc);
 }
-template <>
-__device__ __forceinline__ void wgmma_n<32>(float (&d)[4][4], uint64_t a, uint64_t b, int acc) {
-  ptx::wgmma_m64n32k16<0, 0>(reinterpret_cast<float(&)[16]>(d), a, b, acc);
-}
 template <int kN>
 __device__ __forceinline__ void wgmma_n_trans_a(float (&d)[kN / 8][4], uint64_t a, uint64_t b);
 template <>
 __device__ __forceinline__ void wgmma_n_trans_a<16>(float (&d)[2][4], uint64_t a, uint64_t b) {
   ptx::wgmma_m64n16k16<1, 0>(reinterpret_cast<float(&)[8]>(d), a, b, 1);
-}
-template <>
-__device__ __forceinline__ void wgmma_n_trans_a<32>(float (&d)[4][4], uint64_t a, uint64_t b) {
-  ptx::wgmma_m64n32k16<1, 0>(reinterpret_cast<float(&)[16]>(d), a, b, 1);
 }
 
 // Reduce a per-thread column value over the warpgroup's 64 rows: lanes sharing lane % 4, then the

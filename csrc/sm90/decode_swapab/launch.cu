@@ -1,4 +1,4 @@
-// run_decode_swapab<kN>: launches the swap-AB kernel for problems of at most kN query rows.
+// run_decode_swapab: launches the swap-AB kernel for problems of at most 16 query rows.
 #include <cuda_runtime.h>
 
 #include "mla/api.h"
@@ -7,9 +7,9 @@
 
 namespace mla {
 
-template <int kN>
 cudaError_t run_decode_swapab(const DecodeParams& params, cudaStream_t stream) {
   using namespace sm90::decode_swapab;
+  constexpr int kN = 16;
   CUtensorMap tmap;
   cudaError_t err = sm90::make_kv_tensor_map(params, &tmap);
   if (err != cudaSuccess) return err;
@@ -22,8 +22,5 @@ cudaError_t run_decode_swapab(const DecodeParams& params, cudaStream_t stream) {
   kernel<<<grid, kThreads, Layout<kN>::kSmemBytes, stream>>>(params, tmap);
   return cudaGetLastError();
 }
-
-template cudaError_t run_decode_swapab<16>(const DecodeParams&, cudaStream_t);
-template cudaError_t run_decode_swapab<32>(const DecodeParams&, cudaStream_t);
 
 }  // namespace mla
