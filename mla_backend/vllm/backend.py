@@ -198,6 +198,9 @@ class MlaBackendImpl(MLACommonImpl[MlaBackendMetadata]):
             q = torch.cat(q, dim=-1)
         q = decode_query_view(q, args)
         batch, s_q, heads, _ = q.shape
+        # Outputs sized to this batch from the caching allocator (no cudaMalloc once warm; the
+        # graph pool under capture), as vLLM's MLA backends do: a preallocated buffer would
+        # pin max_num_seqs * s_q * heads * 1 KiB for the worst case.
         out = q.new_empty((batch, s_q, heads, HEAD_DIM_V))
         lse = q.new_empty((batch, s_q, heads), dtype=torch.float32)
         ops.mla_decode(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from mla_backend import ops
 from mla_backend.vllm import compat
 from mla_backend.vllm.registration import BACKEND_QUALNAME, ENV_VAR, Mode, selection_mode
 
@@ -47,6 +46,7 @@ def _config_hint(reason: str, config: Any, capability: Any) -> str:
 
 def unsupported_reasons(capability: Any, config: Any, num_heads: int | None) -> list[str]:
     """Why mla_backend cannot serve a layer with this selector config (empty: it can)."""
+    from mla_backend import ops
     from mla_backend.vllm.backend import MlaBackendAttentionBackend
 
     reasons = [
@@ -101,7 +101,11 @@ class MlaBackendSelection:
                 )
             return vllm_choice(selected_backend, attn_selector_config, num_heads)
 
-        reasons = unsupported_reasons(cls.get_device_capability(), attn_selector_config, num_heads)
+        try:
+            capability = cls.get_device_capability()
+            reasons = unsupported_reasons(capability, attn_selector_config, num_heads)
+        except ImportError as e:  # e.g. a vLLM release moved a class that compat.py names
+            reasons = [f"mla_backend's vLLM backend does not import: {e}"]
         if reasons:
             why = "; ".join(reasons)
             if mode is Mode.FORCE:
