@@ -29,6 +29,11 @@ class Mode(enum.Enum):
     FORCE = "force"  # MLA layers use mla_backend, or engine start-up fails with the reason
 
 
+def setting() -> str:
+    """MLA_BACKEND_VLLM as the user wrote it, for messages (``MLA_BACKEND_VLLM=1``)."""
+    return f"{ENV_VAR}={os.environ.get(ENV_VAR, '')}"
+
+
 def selection_mode() -> Mode:
     """MLA_BACKEND_VLLM: unset/0 -> OFF, 1 -> ON, force -> FORCE; raises ValueError otherwise."""
     raw = os.environ.get(ENV_VAR, "").strip().lower()
@@ -38,7 +43,7 @@ def selection_mode() -> Mode:
         return Mode.ON
     if raw == "force":
         return Mode.FORCE
-    raise ValueError(f"{ENV_VAR}={raw!r} is not one of 0, 1 or force")
+    raise ValueError(f"{setting()} is not one of 0, 1 or force")
 
 
 def register() -> None:
@@ -78,10 +83,6 @@ def platform_plugin() -> str | None:
         return None
     if compat.cuda_platform_plugin() is None:
         log = compat.get_logger().error if mode is Mode.FORCE else compat.get_logger().info
-        log(
-            "mla_backend: %s=%s but vLLM found no CUDA GPU; not selecting mla_backend",
-            ENV_VAR,
-            mode.value,
-        )
+        log("mla_backend: %s but vLLM found no CUDA GPU; not selecting mla_backend", setting())
         return None
     return PLATFORM_QUALNAME

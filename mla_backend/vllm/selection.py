@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from mla_backend.vllm import compat
-from mla_backend.vllm.registration import BACKEND_QUALNAME, ENV_VAR, Mode, selection_mode
+from mla_backend.vllm.registration import BACKEND_QUALNAME, Mode, selection_mode, setting
 
 _announced = False  # one selection line per process
 
@@ -90,13 +90,12 @@ class MlaBackendSelection:
             custom = compat.AttentionBackendEnum.CUSTOM
             if mode is Mode.FORCE and selected_backend is not custom:
                 raise ValueError(
-                    f"{ENV_VAR}=force conflicts with --attention-backend {selected_backend.name}"
+                    f"{setting()} conflicts with --attention-backend {selected_backend.name}"
                 )
             if selected_backend is not custom:
                 _announce(
-                    "mla_backend: %s=%s ignored for MLA layers: --attention-backend %s was given",
-                    ENV_VAR,
-                    mode.value,
+                    "mla_backend: %s ignored for MLA layers: --attention-backend %s was given",
+                    setting(),
                     selected_backend.name,
                 )
             return vllm_choice(selected_backend, attn_selector_config, num_heads)
@@ -109,9 +108,7 @@ class MlaBackendSelection:
         if reasons:
             why = "; ".join(reasons)
             if mode is Mode.FORCE:
-                raise ValueError(
-                    f"{ENV_VAR}=force but mla_backend cannot run this MLA layer: {why}"
-                )
+                raise ValueError(f"{setting()} but mla_backend cannot run this MLA layer: {why}")
             _announce(
                 "mla_backend: not used for MLA attention (%s); falling back to vLLM's "
                 "default MLA backend",
@@ -120,10 +117,9 @@ class MlaBackendSelection:
             )
             return vllm_choice(selected_backend, attn_selector_config, num_heads)
         _announce(
-            "mla_backend: using %s for MLA attention (%s=%s): decode on mla_backend "
-            "kernels, prefill on vLLM's MLA prefill path",
+            "mla_backend: using %s for MLA attention (%s): decode on mla_backend kernels, "
+            "prefill on vLLM's MLA prefill path",
             BACKEND_QUALNAME,
-            ENV_VAR,
-            mode.value,
+            setting(),
         )
         return BACKEND_QUALNAME
