@@ -95,10 +95,13 @@ class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
                 f"mla_backend decodes at most {ops.MAX_S_Q} query tokens per "
                 f"request; this configuration needs {max_s_q}"
             )
+        # The heads of the layers this builder serves (a draft model's may differ from the
+        # target's; vLLM gives each head count its own builder).
+        self._num_heads = self.compilation_config.static_forward_context[layer_names[0]].num_heads
         self._buffers = allocate_decode_buffers(
             max_batch=vllm_config.scheduler_config.max_num_seqs,
             max_s_q=max_s_q,
-            num_heads=self.num_heads,
+            num_heads=self._num_heads,
             num_parts_for_rows=lambda rows: ops.num_decode_parts(rows, device),
             device=device,
         )
@@ -129,7 +132,7 @@ class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
                 "mla_backend: decode batch with %d query token(s) per request, "
                 "%d heads, %d split-KV parts",
                 args.s_q,
-                self.num_heads,
+                self._num_heads,
                 args.part_meta.shape[0],
             )
         return MlaBackendDecodeMetadata(
