@@ -117,13 +117,7 @@ class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
         num_decode_tokens: int,
         dcp_tot_seq_lens_device: torch.Tensor | None,
     ) -> MlaBackendDecodeMetadata:
-        args = map_decode(
-            block_table_tensor,
-            seq_lens_device,
-            query_start_loc_cpu,
-            num_decode_tokens,
-            self._buffers,
-        )
+        args = map_decode(block_table_tensor, seq_lens_device, num_decode_tokens, self._buffers)
         # Into the builder's buffers, on the GPU: what a captured decode graph reads on replay.
         ops.get_decode_metadata(args.seq_lens, args.part_meta, args.batch_meta)
         if args.s_q not in self._seen_s_q:

@@ -99,25 +99,9 @@ def uniform_query_len(num_decodes: int, num_decode_tokens: int) -> int:
     return num_decode_tokens // num_decodes
 
 
-def check_query_layout(query_start_loc_cpu: Tensor, s_q: int) -> None:
-    """Raise unless request ``b``'s tokens sit at ``b * s_q`` with ``s_q`` (or 0 = padding) of them.
-
-    This is the layout `decode_query_view` assumes. Reads a CPU tensor only.
-    """
-    lens = query_start_loc_cpu[1:] - query_start_loc_cpu[:-1]
-    real = lens != 0
-    starts_ok = query_start_loc_cpu[:-1][real] == torch.arange(len(lens))[real] * s_q
-    if not bool(((lens == s_q) | ~real).all() and starts_ok.all()):
-        raise ValueError(
-            f"decode batch is not uniform with {s_q} query tokens per request: "
-            f"query_start_loc={query_start_loc_cpu.tolist()}"
-        )
-
-
 def map_decode(
     block_table: Tensor,
     seq_lens: Tensor,
-    query_start_loc_cpu: Tensor,
     num_decode_tokens: int,
     buffers: DecodeBuffers,
 ) -> DecodeArgs:
@@ -127,24 +111,25 @@ def map_decode(
     ``B`` decode requests at the front of the batch (CUDA-graph padding included):
         block_table: int32 ``[B, max_pages]`` (page ids in kernel blocks of 64 tokens).
         seq_lens: int32 ``[B]``, context plus new tokens; padded requests have 0.
-        query_start_loc_cpu: ``[B + 1]`` CPU offsets of each request's query tokens.
         num_decode_tokens: query tokens of the B requests, padding included.
         buffers: from `allocate_decode_buffers`.
+
+    vLLM's decode requests all have the same query length ``s_q`` (the builder declares
+    ``QueryLenSupport.UNIFORM``), and CUDA-graph padding adds requests of ``s_q`` padded tokens
+    with seq len 0 at the end, so request ``b``'s tokens are ``b * s_q ... b * s_q + s_q - 1``
+    (tests/cpu/test_vllm_plan.py checks this against vLLM's batch split). Host-only integer
+    work: no tensor is read.
 
     The caller fills ``part_meta``/``batch_meta`` with ``get_decode_metadata(seq_lens, ...)``.
     """
     batch = seq_lens.shape[0]
-    if block_table.shape[0] != batch or query_start_loc_cpu.shape[0] != batch + 1:
-        raise ValueError(
-            f"block_table rows ({block_table.shape[0]}) and query_start_loc "
-            f"({query_start_loc_cpu.shape[0]}) do not match {batch} seq_lens"
-        )
+    if block_table.shape[0] != batch:
+        raise ValueError(f"block_table has {block_table.shape[0]} rows for {batch} seq_lens")
     if seq_lens.dtype != torch.int32 or block_table.dtype != torch.int32:
         raise ValueError(
             f"seq_lens and block_table must be int32, got {seq_lens.dtype} and {block_table.dtype}"
         )
     s_q = uniform_query_len(batch, num_decode_tokens)
-    check_query_layout(query_start_loc_cpu, s_q)
     if s_q > buffers.max_s_q or batch > buffers.max_batch:
         raise ValueError(
             f"decode batch of {batch} x {s_q} query tokens exceeds the buffers "

@@ -97,7 +97,7 @@ def check_views(args, bufs, batch, s_q):
 def test_decode_only():
     bufs = buffers()
     block_table, seq_lens, qsl, tokens = vllm_decode_slice([1, 1, 1], [5, 64, 130], threshold=1)
-    args = map_decode(block_table, seq_lens, qsl, tokens, bufs)
+    args = map_decode(block_table, seq_lens, tokens, bufs)
     check_views(args, bufs, batch=3, s_q=1)
     assert args.block_table.data_ptr() == block_table.data_ptr()  # vLLM's tensors, no copies
     assert args.seq_lens.data_ptr() == seq_lens.data_ptr()
@@ -107,7 +107,7 @@ def test_mixed_prefill_and_decode():
     # vLLM reorders decodes to the front; the builder gets only them.
     query_lens, seq_lens = [1, 1, 7, 20], [9, 300, 7, 50]
     block_table, seq_lens_d, qsl, tokens = vllm_decode_slice(query_lens, seq_lens, threshold=1)
-    args = map_decode(block_table, seq_lens_d, qsl, tokens, buffers())
+    args = map_decode(block_table, seq_lens_d, tokens, buffers())
     assert args.batch == 2 and args.s_q == 1
     assert args.seq_lens.tolist() == [9, 300]
     assert args.block_table.tolist() == torch.arange(8).view(2, 4).tolist()
@@ -126,7 +126,7 @@ def test_several_query_tokens_per_request(query_lens, num_decodes):
     seq_lens = [40 + 30 * i for i in range(len(query_lens))]
     block_table, seq_lens_d, qsl, tokens = vllm_decode_slice(query_lens, seq_lens, threshold=4)
     bufs = buffers()
-    args = map_decode(block_table, seq_lens_d, qsl, tokens, bufs)
+    args = map_decode(block_table, seq_lens_d, tokens, bufs)
     s_q = query_lens[0]
     check_views(args, bufs, batch=num_decodes, s_q=s_q)
     q = torch.randn(sum(query_lens), HEADS, 576)
@@ -142,7 +142,7 @@ def test_padded_cuda_graph_batch():
         [4, 4, 0, 0], real_lens + [0, 0], threshold=4, num_real=2
     )
     bufs = buffers()
-    args = map_decode(block_table, seq_lens, qsl, tokens, bufs)
+    args = map_decode(block_table, seq_lens, tokens, bufs)
     check_views(args, bufs, batch=4, s_q=4)
 
     # The kernel's semantics (reference) on exactly these arguments: padding is inert.
@@ -175,27 +175,20 @@ def test_buffers_cover_every_query_length():
 
 
 @pytest.mark.parametrize(
-    ("query_lens", "seq_lens", "tokens", "match"),
+    ("batch", "tokens", "match"),
     [
-        ([1] * 9, [5] * 9, 9, "exceeds the buffers"),  # batch > max_batch
-        ([5, 5], [5, 5], 10, "exceeds the buffers"),  # s_q > max_s_q
-        ([2, 1], [5, 5], 3, "do not split evenly"),
-        ([3, 1], [5, 5], 4, "not uniform"),
+        (9, 9, "exceeds the buffers"),  # batch > max_batch
+        (2, 10, "exceeds the buffers"),  # s_q > max_s_q
+        (2, 3, "do not split evenly"),
     ],
 )
-def test_rejects_what_the_buffers_or_kernel_cannot_take(query_lens, seq_lens, tokens, match):
-    qsl = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()])
-    block_table = torch.zeros(len(query_lens), 2, dtype=torch.int32)
+def test_rejects_what_the_buffers_cannot_take(batch, tokens, match):
+    block_table = torch.zeros(batch, 2, dtype=torch.int32)
+    seq_lens = torch.full((batch,), 5, dtype=torch.int32)
     with pytest.raises(ValueError, match=match):
-        map_decode(block_table, torch.tensor(seq_lens, dtype=torch.int32), qsl, tokens, buffers())
+        map_decode(block_table, seq_lens, tokens, buffers())
 
 
 def test_rejects_int64_seq_lens():
     with pytest.raises(ValueError, match="int32"):
-        map_decode(
-            torch.zeros(1, 2, dtype=torch.int32),
-            torch.tensor([5]),
-            torch.tensor([0, 1]),
-            1,
-            buffers(),
-        )
+        map_decode(torch.zeros(1, 2, dtype=torch.int32), torch.tensor([5]), 1, buffers())

@@ -30,11 +30,6 @@ def batch_inputs(seqlens, s_q, h_q, seed):
     return inputs
 
 
-def query_start_loc(num_real, s_q):
-    real = torch.arange(num_real + 1, dtype=torch.int32) * s_q
-    return torch.cat([real, real[-1:].expand(PADDING)])
-
-
 @pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (4, 16), (2, 128), (4, 128)])
 def test_builder_flow_under_cuda_graph(s_q, h_q):
     bufs = allocate_decode_buffers(
@@ -46,10 +41,9 @@ def test_builder_flow_under_cuda_graph(s_q, h_q):
     )
     static = batch_inputs(ROUNDS[0], s_q, h_q, seed=0)
     batch, num_real = len(ROUNDS[0]) + PADDING, len(ROUNDS[0])
-    qsl = query_start_loc(num_real, s_q)
 
     def build():  # what MlaBackendMetadataBuilder._build_decode does
-        args = map_decode(static.block_table, static.seqlens, qsl, batch * s_q, bufs)
+        args = map_decode(static.block_table, static.seqlens, batch * s_q, bufs)
         ops.get_decode_metadata(args.seq_lens, args.part_meta, args.batch_meta)
         return args
 
