@@ -8,7 +8,7 @@ name, so every run has the same model). Prompts are token ids of mixed lengths (
 across page boundaries), half of them periodic so ngram speculative decoding finds drafts.
 
 Each variant (eager or CUDA graphs, 16 or 128 heads, with or without ngram speculative
-decoding) runs with vLLM's default MLA backend and with ours, selected only by
+decoding, on vLLM's V2 or V1 model runner) runs with vLLM's default MLA backend and with ours, selected only by
 MLA_BACKEND_VLLM=1 (no --block-size, no --attention-backend: vLLM must pick block size 64
 itself). The switch is read when vLLM resolves its platform, so each backend runs in its own
 child process; runs inside a child share one Python process (imports, model inspection).
@@ -66,6 +66,12 @@ class Variant:
     graphs: bool = False  # full CUDA graphs for decode batches (no torch.compile)
     spec: bool = False  # ngram speculative decoding: several query tokens per request
     compile: bool = False  # vLLM's default: torch.compile + piecewise and full graphs
+    env: tuple[tuple[str, str], ...] = ()  # set while the run's engine starts
+
+
+# vLLM 0.26 runs dense DeepSeek-V2 models on its V2 model runner and MoE models (DeepSeek-V3)
+# or ngram speculative decoding on the V1 runner; "v1-" variants force the V1 runner.
+V1_RUNNER = (("VLLM_USE_V2_MODEL_RUNNER", "0"),)
 
 
 VARIANTS = {
@@ -76,6 +82,7 @@ VARIANTS = {
     "eager-h128": Variant(128),
     "graph-h128": Variant(128, graphs=True),
     "spec-graph-h128": Variant(128, graphs=True, spec=True),
+    "v1-graph-h16": Variant(16, graphs=True, env=V1_RUNNER),
     "compile-h16": Variant(16, graphs=True, compile=True),  # slow (cold torch.compile)
 }
 DEFAULT_VARIANTS = [name for name, v in VARIANTS.items() if not v.compile]
@@ -233,8 +240,17 @@ def run_one(backend: str, name: str, args) -> dict:
     )
     prompts = make_prompts()
     result = {"backend": backend, "variant": name}
+    saved = {key: os.environ.get(key) for key, _ in variant.env}
+    os.environ.update(variant.env)
     t0 = time.time()
-    llm = LLM(**kw)
+    try:
+        llm = LLM(**kw)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     result["init_s"] = round(time.time() - t0, 1)
     try:
         before = spec_counters(llm)
@@ -296,6 +312,7 @@ LOG_EVIDENCE = {
     "block64": "Setting kv cache block size to 64",
     "graphs_captured": "Graph capturing finished",
     "reinit": "E2E-REINIT",
+    "v2_runner": "Using V2 Model Runner",
 }
 
 
@@ -469,6 +486,7 @@ def evaluate(name, results) -> dict:
         checks["decode logprobs match"] = within(diff["decode"], floor and floor["decode"])
     else:
         checks["both runs ok"] = False
+    row["model_runner"] = "V2" if log.get("v2_runner") else "V1"
     row.update(
         checks=checks,
         ok=all(checks.values()),
@@ -490,7 +508,7 @@ def report(rows) -> list[str]:
     head = (
         f"{'variant':16} {'ours':6} {'dflt':6} {'prefill |d| mean/max':>21} "
         f"{'decode |d| mean/max':>20} {'floor decode':>14} {'1st tok':>7} "
-        f"{'prefix':>6} {'s_q':>6}  verdict"
+        f"{'prefix':>6} {'s_q':>6} {'runner':>6}  verdict"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -502,7 +520,7 @@ def report(rows) -> list[str]:
             f"{r['variant']:16} {r['ours_status'][:6]:6} {r['default_status'][:6]:6} "
             f"{fmt(d.get('prefill')):>21} {fmt(d.get('decode')):>20} "
             f"{fmt(f.get('decode')):>14} {first:>7} {prefix:>6} "
-            f"{','.join(map(str, r['s_q_seen'] or [])) or '-':>6}  "
+            f"{','.join(map(str, r['s_q_seen'] or [])) or '-':>6} {r['model_runner']:>6}  "
             + ("PASS" if r["ok"] else "FAIL: " + "; ".join(failed))
         )
         for who, error in (r.get("errors") or {}).items():
