@@ -8,12 +8,13 @@ name, so every run has the same model). Prompts are token ids of mixed lengths (
 across page boundaries), half of them periodic so ngram speculative decoding finds drafts.
 
 Each variant (eager or CUDA graphs, 16 or 128 heads, with or without ngram speculative
-decoding, on vLLM's V2 or V1 model runner) runs with vLLM's default MLA backend and with ours, selected only by
-MLA_BACKEND_VLLM=1 (no --block-size, no --attention-backend: vLLM must pick block size 64
-itself). The switch is read when vLLM resolves its platform, so each backend runs in its own
-child process; runs inside a child share one Python process (imports, model inspection).
-vLLM's FLASHMLA backend also runs the eager variants in the default child: its distance from
-the default backend is the bf16 noise floor the comparison allows (twice it, plus a margin).
+decoding, on vLLM's V2 or V1 model runner) runs with vLLM's default MLA backend and with
+ours, selected only by MLA_BACKEND_VLLM=1 (no --block-size, no --attention-backend: vLLM
+must pick block size 64 itself). The switch is read when vLLM resolves its platform, so each
+backend runs in its own child process; runs inside a child share one Python process
+(imports, model inspection). vLLM's FLASHMLA backend also runs the eager variants in the
+default child: its distance from the default backend is the bf16 noise floor the comparison
+allows (twice it, plus a margin).
 
 Checks, per variant: the log names our backend (and no fallback), vLLM set block size 64,
 speculative variants decoded several query tokens per request on our kernel, and prompt
