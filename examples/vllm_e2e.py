@@ -56,9 +56,10 @@ PROMPT_LENS = [5, 17, 63, 64, 65, 130, 257, 511, 700, 1000, 1500, 2048]
 TOP_LOGPROBS = 5
 NUM_SPEC_TOKENS = 3
 # Pass rule: ours vs default <= 2 * (FLASHMLA vs default) + margin, for the mean and the max
-# |logprob difference| (logits are bf16: near 10 they move in steps of 1/16).
-MARGIN_MEAN, MARGIN_MAX = 0.01, 0.1
-ABS_MEAN, ABS_MAX = 0.03, 0.3  # used when no noise-floor run is available
+# |logprob difference|. Logits are bf16: from 16 to 32 they move in steps of 1/8, so a max
+# over ~1000 values sees a step or two; a wrong attention moves the mean by much more.
+MARGIN_MEAN, MARGIN_MAX = 0.01, 0.25
+ABS_MEAN, ABS_MAX = 0.03, 0.5  # used when no noise-floor run is available
 
 
 @dataclass(frozen=True)
