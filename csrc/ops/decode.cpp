@@ -109,10 +109,10 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
             const at::Tensor& seqlens, const at::Tensor& part_meta, const at::Tensor& batch_meta,
             double softmax_scale, bool causal, const at::Tensor& out, const at::Tensor& lse,
             const at::Tensor& o_accum, const at::Tensor& lse_accum) {
-  check_inputs(q, kv_cache, block_table, seqlens, part_meta, batch_meta, out, lse, o_accum,
-               lse_accum);
   TORCH_CHECK(std::isfinite(softmax_scale) && softmax_scale > 0,
               "softmax_scale must be finite and > 0, got ", softmax_scale);
+  check_inputs(q, kv_cache, block_table, seqlens, part_meta, batch_meta, out, lse, o_accum,
+               lse_accum);
   if (q.size(0) == 0) return;
 
   const c10::cuda::CUDAGuard guard(q.device());

@@ -89,6 +89,11 @@ DECODE_CASES = [
     ("lse_accum_bf16", "lse_accum", bf16(2 * PARTS, S_Q * H_Q), "lse_accum"),
     ("lse_accum_slots", "lse_accum", fp32(2 * PARTS - 1, S_Q * H_Q), "lse_accum"),
     ("lse_accum_rows", "lse_accum", fp32(2 * PARTS, S_Q * H_Q + 1), "lse_accum"),
+    ("out_head_stride_not_16B", "out", bf16(BATCH, S_Q, H_Q, 516)[..., :512], r"\bout\b"),
+    ("q_head_stride_not_16B", "q", bf16(BATCH, S_Q, H_Q, 580)[..., :576], r"\bq\b"),
+    ("scale_zero", "softmax_scale", 0.0, "softmax_scale"),
+    ("scale_nan", "softmax_scale", float("nan"), "softmax_scale"),
+    ("scale_negative", "softmax_scale", -0.1, "softmax_scale"),
 ]
 
 

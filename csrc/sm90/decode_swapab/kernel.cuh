@@ -23,6 +23,8 @@ namespace mla::sm90::decode_swapab {
 constexpr int kWarpGroups = 2;  // warpgroup g processes pages g, g + 2, ... of a range
 constexpr int kThreads = kWarpGroups * 128;
 constexpr int kVTiles = kDimV / 64;  // m64 tiles of O^T
+// Named-barrier syncs per page: tail zeroing, column max (column_reduce), P^T ready, stage free.
+constexpr int kBarriersPerPage = 4;
 
 template <int kN>
 struct Layout {
@@ -251,16 +253,24 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();  // Q is in shared memory
 
-    for (int j = wg; j < num_pages; j += kWarpGroups) {
+    // Both warpgroups run the same number of rounds and so the same sequence of named-barrier
+    // syncs; a warpgroup without a page in the last round only takes the barriers. (Uneven
+    // counts are legal, since each warpgroup has its own barrier id, but compute-sanitizer's
+    // racecheck then reported hazards across the __syncthreads below.)
+    const int rounds = (num_pages + kWarpGroups - 1) / kWarpGroups;
+    for (int it = 0; it < rounds; ++it) {
+      const int j = it * kWarpGroups + wg;
+      if (j >= num_pages) {
+        for (int k = 0; k < kBarriersPerPage; ++k) ptx::named_barrier_sync(bar_id, 128);
+        continue;
+      }
       const int page = w.page_begin + j;
       ptx::mbarrier_wait_parity(bar, phase);
       phase ^= 1;
       const int valid = w.seqlen - page * kPageSize;
-      if (valid < kPageSize) {
-        zero_tail(stage, valid, wtid, 128);
-        ptx::fence_proxy_async_shared();
-        ptx::named_barrier_sync(bar_id, 128);
-      }
+      if (valid < kPageSize) zero_tail(stage, valid, wtid, 128);
+      ptx::fence_proxy_async_shared();
+      ptx::named_barrier_sync(bar_id, 128);  // the tail is zero before wgmma reads the page
       process_page<kN>(p, w, kv_addr, q_addr, sp, red, st, row_begin, page * kPageSize, warp,
                        lane, bar_id);
       ptx::named_barrier_sync(bar_id, 128);  // the warpgroup is done with its stage and P^T
