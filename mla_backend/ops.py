@@ -150,8 +150,9 @@ def mla_decode(
     """Paged MLA decode into caller-owned buffers: no allocation, no host sync (graph-safe).
 
     Args:
-        q: ``[B, s_q, h_q, 576]`` bf16 CUDA; last dim contiguous, other strides free.
-            ``1 <= s_q <= 16``, ``1 <= h_q <= 128``.
+        q: ``[B, s_q, h_q, 576]`` bf16 CUDA; last dim contiguous, other strides multiples of 8
+            elements (a strided view works), 16-byte aligned. ``1 <= s_q <= 16``,
+            ``1 <= h_q <= 128``.
         kv_cache: ``[num_pages, 64, 576]`` or ``[num_pages, 64, 1, 576]`` bf16; K is all 576 dims,
             V the first 512; last dim contiguous.
         block_table: ``[B, max_pages]`` int32 page ids; entries past ``ceil(L / 64)`` are never
@@ -160,7 +161,8 @@ def mla_decode(
         part_meta, batch_meta: from ``get_decode_metadata`` on the same ``seqlens``.
         softmax_scale: multiplies ``q . k`` (usually ``1 / sqrt(192)`` for DeepSeek models).
         causal: query token ``i`` sees positions ``< L - s_q + i + 1``; otherwise all ``< L``.
-        out: ``[B, s_q, h_q, 512]`` bf16, written.
+        out: ``[B, s_q, h_q, 512]`` bf16, written; last dim contiguous, other strides multiples
+            of 8 elements, 16-byte aligned.
         lse: ``[B, s_q, h_q]`` fp32, written: natural-log sum of exp of the scaled scores.
         o_accum, lse_accum: workspace from ``decode_workspace(part_meta.size(0), s_q * h_q)``.
 
