@@ -963,7 +963,7 @@ def main() -> None:
     tp = max(variant_of(n).tp for n in names)
     if args.deadline is None:
         args.deadline = 540.0 if tp == 1 else 420.0
-    gpus = visible_gpus()
+    gpus = visible_gpus() if tp > 1 else None
     if gpus is not None and gpus < tp and not args.dry_run:
         ap.error(f"tensor parallel size {tp} needs {tp} GPUs; {gpus} visible")
     floors = sorted({floor_name(variant_of(n)) for n in names})
@@ -1001,7 +1001,8 @@ def main() -> None:
             )
     if args.dry_run:
         shown = [*MULTICAST_OFF, *TP_ENV_DEFAULTS, "PYTHONUNBUFFERED", REINIT_ENV, ENV_VAR]
-        print(f"variants: {', '.join(names)} (TP {tp}; {gpus} GPU(s) visible)")
+        seen = "" if gpus is None else f"; {gpus} GPU(s) visible"
+        print(f"variants: {', '.join(names)} (TP {tp}{seen})")
         print(f"deadline {args.deadline:.0f}s")
         for label, runs, env in (
             ("vllm-default", default_runs, base_env),
