@@ -508,6 +508,10 @@ def split_prefixes(line: str) -> tuple[list[re.Match], str]:
     text is then one of them, which one is unknown).
     """
     text = ANSI.sub("", line.rstrip("\n"))
+    # A progress bar (tqdm, "Capturing CUDA graphs ...") writes without a newline, so the next
+    # process's prefixed line can follow it on the same line: start at the first prefix.
+    if (first := PROC_PREFIX.search(text)) is not None and first.start() > 0:
+        text = text[first.start() :]
     prefixes = []
     while match := PROC_PREFIX.match(text):
         prefixes.append(match)
