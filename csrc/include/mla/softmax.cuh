@@ -12,7 +12,7 @@
 namespace mla {
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a tile of 128-byte rows with the 128B
-// swizzle (chunk ^ row % 8): the TMA / wgmma atom layout, and conflict-free for ldmatrix.
+// swizzle (chunk ^ row % 8): the layout TMA writes and wgmma descriptors read.
 __device__ __forceinline__ uint32_t sw128_offset(int row, int chunk) {
   return row * 128 + ((chunk ^ (row & 7)) << 4);
 }
