@@ -29,12 +29,11 @@ __device__ __forceinline__ uint64_t desc_mn_major(uint32_t addr) {
   return ptx::gmma_desc_sw128(addr, kTileBytes, 1024);
 }
 
-// Issued by one thread: a page's nine boxes on `bar`. An unreadable page is not read; `bad`
-// poisons the sequence's output instead.
-__device__ __forceinline__ void load_page(const CUtensorMap* tmap, const DecodeParams& p,
-                                          const SeqWork& w, int page, uint8_t* stage,
+// Issued by one thread: a page's nine boxes on `bar`. page_id comes from page_id_of, loaded ahead
+// of time so that the block-table read is off the critical path; -1 (unreadable) reads nothing
+// and poisons the sequence's output through `bad` instead.
+__device__ __forceinline__ void load_page(const CUtensorMap* tmap, int page_id, uint8_t* stage,
                                           uint64_t* bar, int* bad) {
-  const int page_id = page_id_of(p, w, page);
   if (page_id < 0) {
     *bad = 1;
     ptx::mbarrier_arrive_expect_tx(bar, 0);
@@ -59,24 +58,35 @@ __device__ __forceinline__ void zero_tail(uint8_t* stage, int valid, int tid, in
 }
 
 // Q rows [row_begin, row_begin + kTileRows) of sequence b in the same swizzled layout (atom
-// column kb at kb * kTileRows * 128); rows past s_q * h_q are zero.
+// column kb at kb * kTileRows * 128); rows past s_q * h_q are zero. Asynchronous: every 16-byte
+// chunk is one cp.async, all in flight at once (a plain load/store loop leaves them dependent
+// one after another, ~18 memory latencies for a 64-row tile). The caller completes them with
+// cp_async_wait_all, then fence_proxy_async_shared (wgmma reads Q) and a barrier.
 template <int kTileRows, int kThreads>
-__device__ __forceinline__ void load_q(const DecodeParams& p, int b, int row_begin, uint8_t* sq,
-                                       int tid) {
+__device__ __forceinline__ void load_q_async(const DecodeParams& p, int b, int row_begin,
+                                             uint8_t* sq, int tid) {
   constexpr int kChunks = kDimQK / 8;
-  for (int idx = tid; idx < kTileRows * kChunks; idx += kThreads) {
+  constexpr int kTotal = kTileRows * kChunks;
+  const uint32_t sq_addr = ptx::smem_addr(sq);
+  // Not unrolled: the copies are asynchronous anyway, and unrolling kept every address live at once
+  // (spills in the 64-row kernel, whose O accumulators hold 128 registers).
+#pragma unroll 1
+  for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
+    const int idx = tid + i * kThreads;
+    if (kTotal % kThreads != 0 && idx >= kTotal) break;
     const int row = idx / kChunks;
     const int chunk = idx % kChunks;
     const int r = row_begin + row;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < p.rows) {
-      const __nv_bfloat16* src = p.q + int64_t(b) * p.q_batch_stride +
-                                 int64_t(r / p.h_q) * p.q_token_stride +
-                                 int64_t(r % p.h_q) * p.q_head_stride;
-      v = *reinterpret_cast<const uint4*>(src + chunk * 8);
+    const bool valid = r < p.rows;
+    // A row past the problem reads nothing (size 0) from a valid address.
+    const __nv_bfloat16* src = p.q;
+    if (valid) {
+      src += int64_t(b) * p.q_batch_stride + int64_t(r / p.h_q) * p.q_token_stride +
+             int64_t(r % p.h_q) * p.q_head_stride + chunk * 8;
     }
-    *reinterpret_cast<uint4*>(sq + (chunk / 8) * (kTileRows * 128) +
-                              row * 128 + (((chunk % 8) ^ (row & 7)) << 4)) = v;
+    ptx::cp_async_16(sq_addr + (chunk / 8) * (kTileRows * 128) + row * 128 +
+                         (((chunk % 8) ^ (row & 7)) << 4),
+                     src, valid ? 16 : 0);
   }
 }
 

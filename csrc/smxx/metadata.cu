@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "mla/api.h"
+#include "mla/ptx.cuh"
 
 namespace mla {
 namespace {
@@ -43,6 +44,8 @@ __device__ __forceinline__ int num_pages_of(const int* seqlens, int b) {
 
 __global__ void __launch_bounds__(kThreads) metadata_kernel(const MetadataParams p) {
   __shared__ int warp_sums[32];
+  // The decode kernel may start its prologue now; it waits for this grid before reading the plan.
+  ptx::griddep_launch_dependents();
   int4* part_meta = reinterpret_cast<int4*>(p.part_meta);
   int4* batch_meta = reinterpret_cast<int4*>(p.batch_meta);
 

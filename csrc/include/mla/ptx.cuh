@@ -1,5 +1,6 @@
-// Thin wrappers over the PTX synchronisation instructions the kernels use (sm_90 transaction-count
-// mbarriers, proxy fences, named barriers). Each is one instruction; names follow PTX.
+// Thin wrappers over the PTX synchronisation and copy instructions the kernels use (sm_90
+// transaction-count mbarriers, proxy fences, named barriers, cp.async, programmatic dependent
+// launch). Each is one instruction; names follow PTX.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,30 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 // __syncthreads).
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// ---- cp.async (16 bytes, L2 only) ---------------------------------------------------------------
+// Copies `src_bytes` (16 or 0) bytes and zero-fills the rest of the 16: rows past the problem cost
+// no load. Issued loads stay in flight together until cp_async_wait_all.
+__device__ __forceinline__ void cp_async_16(uint32_t dst_smem, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_smem), "l"(src),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// ---- programmatic dependent launch --------------------------------------------------------------
+// A kernel launched with programmatic stream serialization may start before the previous kernel in
+// the stream has finished; griddep_wait blocks until that kernel has completed and its writes are
+// visible (a no-op for a normal launch), so no global memory the predecessor may write is touched
+// before it. griddep_launch_dependents lets the next such kernel start its prologue early.
+__device__ __forceinline__ void griddep_wait() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+__device__ __forceinline__ void griddep_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {

@@ -22,9 +22,41 @@ namespace mla::sm90::decode {
 
 constexpr int kBarSoftmax = 1;  // named barrier over both warpgroups (id 0 is __syncthreads)
 
+// S = Q K^T for this warpgroup's 32 tokens of the page at kv_addr: 9 atom columns x 4 k16 steps.
+__device__ __forceinline__ void issue_s(float (&sacc)[kTokensPerWg / 8][4], uint32_t sq_addr,
+                                        uint32_t kv_addr, int wg) {
+#pragma unroll
+  for (int kb = 0; kb < kDimBlocks; ++kb) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint64_t da = desc_k_major(sq_addr + kb * kTileBytes + kk * 32);
+      const uint64_t db = desc_k_major(kv_addr + kb * kTileBytes + wg * kTokensPerWg * 128 + kk * 32);
+      ptx::wgmma_m64n32k16<0, 0>(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc), da, db,
+                                 kb + kk > 0);
+    }
+  }
+}
+
+// O += P V for this warpgroup's 256 V columns (4 atom columns), 4 k16 steps of 16 tokens.
+__device__ __forceinline__ void issue_pv(float (&o)[kVColsPerWg / 8][4], uint32_t sp_addr,
+                                         uint32_t kv_addr, int wg) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const uint64_t da = desc_k_major(sp_addr + kk * 32);
+    const uint64_t db = desc_mn_major(kv_addr + wg * 4 * kTileBytes + kk * 16 * 128);
+    ptx::wgmma_m64n256k16<0, 1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o), da, db, 1);
+  }
+}
+
+// Per page: S = Q K^T (each warpgroup its 32 tokens), the online softmax with the row max
+// exchanged between the warpgroups, then O += P V (each warpgroup its 256 V columns). The two
+// warpgroups run in lockstep. Overlapping the softmax with the next page's S instead (as
+// FlashAttention-3 does) needs that page resident one step earlier: with two 72 KB stages next to
+// the 72 KB Q tile there is then no stage left to prefetch into, and it measured 20-27% slower
+// (docs/perf.md, v5).
 __global__ void __launch_bounds__(kThreads, 1)
     decode_kernel(const __grid_constant__ DecodeParams p,
-                        const __grid_constant__ CUtensorMap tmap) {
+                  const __grid_constant__ CUtensorMap tmap) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + kSwizzleAlign - 1) & ~uintptr_t(kSwizzleAlign - 1));
@@ -35,9 +67,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int row0 = (warp % 4) * 16 + (lane >> 2);  // first of the thread's two accumulator rows
   const int m_tile = blockIdx.x;
   const int part = blockIdx.y;
-
-  const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
-  if (pm.x >= pm.y) return;
 
   uint8_t* sq = smem + kOffQ;
   uint8_t* skv = smem + kOffKV;
@@ -52,6 +81,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&bars[s], 1);
     ptx::fence_mbarrier_init();
   }
+  // Everything above overlaps the metadata kernel (programmatic dependent launch).
+  ptx::griddep_wait();
+  ptx::griddep_launch_dependents();
+  const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
+  if (pm.x >= pm.y) return;
   __syncthreads();
 
   uint32_t phase = 0;  // bit s: parity of the next completion of stage s
@@ -66,11 +100,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       *bad = 0;
       for (int j = 0; j < kStages && j < num_pages; ++j) {
         const int s = (issued + j) % kStages;
-        load_page(&tmap, p, w, w.page_begin + j, skv + s * kPageBytes, &bars[s], bad);
+        load_page(&tmap, page_id_of(p, w, w.page_begin + j), skv + s * kPageBytes, &bars[s], bad);
       }
     }
-    load_q<kRows, kThreads>(p, w.batch, m_tile * kRows, sq, tid);
-    ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
+    load_q_async<kRows, kThreads>(p, w.batch, m_tile * kRows, sq, tid);
 
     int limit[2];
     float m[2], l[2];
@@ -83,6 +116,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     float o[kVColsPerWg / 8][4];
 #pragma unroll
     for (int t = 0; t < kVColsPerWg / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+    ptx::cp_async_wait_all();
+    ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
     __syncthreads();
 
     const SoftmaxSlice sl{red, sp, row0, wg, wg * kTokensPerWg, kBarSoftmax, kThreads};
@@ -91,6 +126,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       uint8_t* stage = skv + s * kPageBytes;
       const uint32_t kv_addr = ptx::smem_addr(stage);
       const int page = w.page_begin + j;
+      // The refill's block-table entry, read now so that its latency hides behind this page.
+      const int next_id =
+          tid == 0 && j + kStages < num_pages ? page_id_of(p, w, page + kStages) : -1;
       ptx::mbarrier_wait_parity(&bars[s], (phase >> s) & 1);
       phase ^= 1u << s;
       const int valid = w.seqlen - page * kPageSize;
@@ -100,45 +138,31 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::named_barrier_sync(kBarSoftmax, kThreads);
       }
 
-      // S = Q K^T for this warpgroup's 32 tokens: 9 atom columns x 4 k16 steps.
       float sacc[kTokensPerWg / 8][4];
       ptx::wgmma_fence();
-#pragma unroll
-      for (int kb = 0; kb < kDimBlocks; ++kb) {
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const uint64_t da = desc_k_major(sq_addr + kb * kTileBytes + kk * 32);
-          const uint64_t db =
-              desc_k_major(kv_addr + kb * kTileBytes + wg * kTokensPerWg * 128 + kk * 32);
-          ptx::wgmma_m64n32k16<0, 0>(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc), da, db,
-                                  kb + kk > 0);
-        }
-      }
+      issue_s(sacc, sq_addr, kv_addr, wg);
       ptx::wgmma_commit();
       ptx::wgmma_wait<0>();
       ptx::fence_regs(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc));
 
-      online_softmax<kRows, kWarpGroups>(sacc, o, m, l, limit, page * kPageSize, p.scale_log2,
-                                         sl, lane);
+      float base[2], alpha[2];
+      uint32_t pk[kTokensPerWg / 8][2];
+      softmax_rowmax<kRows, kWarpGroups>(sacc, m, l, base, alpha, limit, page * kPageSize,
+                                         p.scale_log2, sl, lane);
+      rescale_o(o, alpha);
+      softmax_exp(sacc, base, l, pk);
+      store_p(pk, sl, lane);
       ptx::fence_proxy_async_shared();  // P is read by wgmma
       ptx::named_barrier_sync(kBarSoftmax, kThreads);
 
-      // O += P V for this warpgroup's 256 V columns (4 atom columns), 4 k16 steps of 16 tokens.
       ptx::wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        const uint64_t da = desc_k_major(sp_addr + kk * 32);
-        const uint64_t db = desc_mn_major(kv_addr + wg * 4 * kTileBytes + kk * 16 * 128);
-        ptx::wgmma_m64n256k16<0, 1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o), da, db, 1);
-      }
+      issue_pv(o, sp_addr, kv_addr, wg);
       ptx::wgmma_commit();
       ptx::wgmma_wait<0>();
       ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
 
       __syncthreads();  // both warpgroups are done with stage s and P: refill
-      if (tid == 0 && j + kStages < num_pages) {
-        load_page(&tmap, p, w, page + kStages, stage, &bars[s], bad);
-      }
+      if (tid == 0 && j + kStages < num_pages) load_page(&tmap, next_id, stage, &bars[s], bad);
     }
     issued += num_pages;
 

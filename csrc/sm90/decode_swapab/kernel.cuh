@@ -203,9 +203,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int m_tile = blockIdx.x;
   const int part = blockIdx.y;
 
-  const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
-  if (pm.x >= pm.y) return;
-
   uint8_t* sq = smem + L::kOffQ;
   uint8_t* stage = smem + L::kOffKV + wg * kPageBytes;
   uint8_t* sp = smem + L::kOffP + wg * L::kPBytes;
@@ -223,6 +220,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::mbarrier_init(bar, 1);
     ptx::fence_mbarrier_init();
   }
+  // Everything above overlaps the metadata kernel (programmatic dependent launch).
+  ptx::griddep_wait();
+  ptx::griddep_launch_dependents();
+  const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
+  if (pm.x >= pm.y) return;
   if (tid == 0) *bad = 0;
   __syncthreads();
 
@@ -233,9 +235,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int num_pages = w.page_end - w.page_begin;
 
     __syncthreads();  // the previous sequence is done with Q, the stages and the flag
-    if (wtid == 0 && wg < num_pages) load_page(&tmap, p, w, w.page_begin + wg, stage, bar, bad);
-    load_q<kN, kThreads>(p, w.batch, row_begin, sq, tid);
-    ptx::fence_proxy_async_shared();
+    if (wtid == 0 && wg < num_pages) {
+      load_page(&tmap, page_id_of(p, w, w.page_begin + wg), stage, bar, bad);
+    }
+    load_q_async<kN, kThreads>(p, w.batch, row_begin, sq, tid);
 
     State<kN> st;
 #pragma unroll
@@ -251,6 +254,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int jn = 0; jn < kN / 8; ++jn) st.o[i][jn][0] = st.o[i][jn][1] = st.o[i][jn][2] = st.o[i][jn][3] = 0.f;
     }
+    ptx::cp_async_wait_all();
+    ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
     __syncthreads();  // Q is in shared memory
 
     // Both warpgroups run the same number of rounds and so the same sequence of named-barrier
@@ -265,6 +270,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         continue;
       }
       const int page = w.page_begin + j;
+      // The refill's block-table entry, read now so that its latency hides behind this page.
+      const int next_id =
+          wtid == 0 && j + kWarpGroups < num_pages ? page_id_of(p, w, page + kWarpGroups) : -1;
       ptx::mbarrier_wait_parity(bar, phase);
       phase ^= 1;
       const int valid = w.seqlen - page * kPageSize;
@@ -275,7 +283,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                        lane, bar_id);
       ptx::named_barrier_sync(bar_id, 128);  // the warpgroup is done with its stage and P^T
       if (wtid == 0 && j + kWarpGroups < num_pages) {
-        load_page(&tmap, p, w, page + kWarpGroups, stage, bar, bad);
+        load_page(&tmap, next_id, stage, bar, bad);
       }
     }
 

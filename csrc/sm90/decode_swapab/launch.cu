@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include "mla/api.h"
+#include "mla/launch.h"
 #include "sm90/decode_swapab/kernel.cuh"
 #include "sm90/launch_utils.h"
 
@@ -19,8 +20,7 @@ cudaError_t run_decode_swapab(const DecodeParams& params, cudaStream_t stream) {
                                 smem_set);
   if (err != cudaSuccess) return err;
   const dim3 grid(params.num_m_tiles, params.num_parts);
-  kernel<<<grid, kThreads, Layout<kN>::kSmemBytes, stream>>>(params, tmap);
-  return cudaGetLastError();
+  return launch_pdl(kernel, grid, dim3(kThreads), Layout<kN>::kSmemBytes, stream, params, tmap);
 }
 
 }  // namespace mla

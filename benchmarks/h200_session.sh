@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One device session's work on an H200, in steps, each under its own time cap; logs and results go
+# to $OUT (default ./out). Run from the repository root with the extension built (or carried) and,
+# for the rivals and examples, the offline vLLM bundle in .offline-vllm/.
+#
+#   bash benchmarks/h200_session.sh check ab     # GPU tests, sanitizers, quick A/B against a base
+#   bash benchmarks/h200_session.sh grid         # the full benchmark grid with the rivals
+#   bash benchmarks/h200_session.sh e2e          # examples/compare_backends.py, serve_deepseek.py
+#
+# Steps: check (pytest tests/gpu -m "not slow"), sanitize (memcheck + racecheck of
+# benchmarks/sanitize_decode.py), ab (bench_decode --quick for ours and the rivals, then ours again
+# from the package in $BASE, default .bench_base, when it exists), ncu (per-kernel times of a few
+# shapes through benchmarks/profile_case.py), grid, e2e. Result folders are packed into
+# $OUT/results-<time>.tgz (and many logs into $OUT/logs-<time>.tgz) after the grid and at the end.
+set -uo pipefail
+OUT=${OUT:-$PWD/out}
+BASE=${BASE:-$PWD/.bench_base}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [ -f .offline-vllm/install.sh ] && ! python3 -c "import vllm" 2>/dev/null; then
+  eval "$(bash .offline-vllm/install.sh)"
+  export PYTHONPATH=$PWD:$PYTHONPATH
+fi
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,driver_version --format=csv \
+  > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+step() {  # step NAME SECONDS COMMAND...: run with a cap, log to $OUT/NAME.log, print the tail
+  local name=$1 cap=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$cap" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - t0))s"
+  tail -n "${TAIL:-6}" "$OUT/$name.log"
+}
+
+pack() {  # at most 8 files come back from a device call: one archive of the result folders
+  local dirs
+  dirs=$(cd "$OUT" && find . -mindepth 1 -maxdepth 1 -type d -printf '%f ')
+  [ -n "$dirs" ] && (cd "$OUT" && tar czf "results-$(date +%H%M%S).tgz" $dirs && rm -rf $dirs)
+  if [ "$(cd "$OUT" && ls *.log 2>/dev/null | wc -l)" -gt 5 ]; then
+    (cd "$OUT" && tar czf "logs-$(date +%H%M%S).tgz" *.log && rm -f *.log)
+  fi
+}
+
+for s in "$@"; do
+  case $s in
+    check) step check 240 python3 -m pytest -q -x -m "not slow" tests/gpu ;;
+    sanitize)
+      step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
+        python3 benchmarks/sanitize_decode.py
+      step racecheck 240 compute-sanitizer --tool racecheck --error-exitcode 3 \
+        python3 benchmarks/sanitize_decode.py ;;
+    ab)
+      TAIL=4 step ab_new 200 python3 benchmarks/bench_decode.py --quick --impls ours,flashmla,fa3 \
+        --out "$OUT/ab_new" --no-plots
+      if [ -d "$BASE/mla_backend" ]; then
+        TAIL=4 PYTHONPATH=$BASE:$PYTHONPATH step ab_base 120 python3 benchmarks/bench_decode.py \
+          --quick --impls ours --out "$OUT/ab_base" --no-plots
+      fi ;;
+    ncu)  # per-kernel times of small and large shapes (metadata, main, combine)
+      for c in "16 1 4096 1" "128 1 4096 1" "16 128 32768 1" "128 128 32768 1"; do
+        set -- $c
+        name=ncu_h$1_b$2_l$3_s$4
+        TAIL=0 step "$name" 120 ncu --clock-control none --csv --metrics gpu__time_duration.sum \
+          python3 benchmarks/profile_case.py --heads "$1" --batch "$2" --ctx "$3" --sq "$4" --reps 2
+        grep -E '"(mla|sm90)::' "$OUT/$name.log" | awk -F'","' '{print $5 ": " $NF}' | sed 's/"//g'
+      done ;;
+    grid)  # uniform lengths with every rival; skewed without Triton, whose kernel faults on
+      # the longest skewed sequences (~140k tokens at 128 heads) and would end the run
+      TAIL=3 step grid_uniform 400 python3 benchmarks/bench_decode.py --dists uniform \
+        --out "$OUT/grid_uniform"
+      TAIL=3 step grid_skewed 300 python3 benchmarks/bench_decode.py --dists skewed \
+        --impls ours,flashmla,fa3 --out "$OUT/grid_skewed"
+      pack ;;
+    e2e)
+      TAIL=20 step compare 330 python3 examples/compare_backends.py --out "$OUT/cmp"
+      TAIL=12 step serve 200 python3 examples/serve_deepseek.py --out "$OUT/serve.json"
+      pack ;;
+    *) echo "unknown step $s" >&2 ;;
+  esac
+done
+
+pack
