@@ -3,14 +3,15 @@
 # to $OUT (default ./out). Run from the repository root with the extension built (or carried) and,
 # for the rivals and examples, the offline vLLM bundle in .offline-vllm/.
 #
-#   bash benchmarks/h200_session.sh check ab     # GPU tests, sanitizers, quick A/B against a base
+#   bash benchmarks/h200_session.sh check sanitize ab  # GPU tests, sanitizers, quick A/B vs a base
 #   bash benchmarks/h200_session.sh grid         # the full benchmark grid with the rivals
 #   bash benchmarks/h200_session.sh e2e          # examples/compare_backends.py, serve_deepseek.py
 #
 # Steps: check (pytest tests/gpu -m "not slow"), sanitize (memcheck + racecheck of
 # benchmarks/sanitize_decode.py), ab (bench_decode --quick for ours and the rivals, then ours again
 # from the package in $BASE, default .bench_base, when it exists), ncu (per-kernel times of a few
-# shapes through benchmarks/profile_case.py), grid, e2e. Result folders are packed into
+# shapes through benchmarks/profile_case.py), grid, lastcase, e2e (compare_backends + serve),
+# serve (serve_deepseek.py, with the wheels in .whl/). Result folders are packed into
 # $OUT/results-<time>.tgz (and many logs into $OUT/logs-<time>.tgz) after the grid and at the end.
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
@@ -42,6 +43,21 @@ pack() {  # at most 8 files come back from a device call: one archive of the res
   if [ "$(cd "$OUT" && ls *.log 2>/dev/null | wc -l)" -gt 5 ]; then
     (cd "$OUT" && tar czf "logs-$(date +%H%M%S).tgz" *.log && rm -f *.log)
   fi
+}
+
+# vllm serve needs packages the offline bundle leaves out: carry them as wheels in .whl/, e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+#   manylinux_2_17_x86_64 -d .whl uvicorn model-hosting-container-standards jmespath supervisor
+#   jsonschema jsonschema-specifications referencing rpds-py python-multipart watchfiles
+#   email-validator dnspython pydantic-extra-types prometheus-fastapi-instrumentator sse-starlette
+#   httptools websockets   (the set with which serve_deepseek.py passed, 2026-12-01)
+run_serve() {
+  if ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site-serve \
+      .whl/*.whl
+    export PYTHONPATH=$PYTHONPATH:/tmp/site-serve
+  fi
+  TAIL=12 step serve 200 python3 examples/serve_deepseek.py --out "$OUT/serve.json"
 }
 
 for s in "$@"; do
@@ -76,8 +92,12 @@ for s in "$@"; do
       pack ;;
     e2e)
       TAIL=20 step compare 330 python3 examples/compare_backends.py --out "$OUT/cmp"
-      TAIL=12 step serve 200 python3 examples/serve_deepseek.py --out "$OUT/serve.json"
+      run_serve
       pack ;;
+    serve) run_serve ;;
+    lastcase)  # the grid's last uniform case, where Triton faulted, with the other rivals
+      TAIL=3 step lastcase 120 python3 benchmarks/bench_decode.py --heads 128 --sq 4 --batch 128 \
+        --contexts 32768 --dists uniform --impls ours,flashmla,fa3 --no-plots --out "$OUT/lastcase" ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done
