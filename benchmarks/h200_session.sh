@@ -62,7 +62,7 @@ run_serve() {
 
 for s in "$@"; do
   case $s in
-    check) step check 240 python3 -m pytest -q -x -m "not slow" tests/gpu ;;
+    check) step check 150 python3 -m pytest -q -x -m "not slow" tests/gpu ;;
     sanitize)
       step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
         python3 benchmarks/sanitize_decode.py
@@ -95,6 +95,7 @@ for s in "$@"; do
       run_serve
       pack ;;
     serve) run_serve ;;
+    compare) TAIL=12 step compare 330 python3 examples/compare_backends.py --out "$OUT/cmp" ;;
     lastcase)  # the grid's last uniform case, where Triton faulted, with the other rivals
       TAIL=3 step lastcase 120 python3 benchmarks/bench_decode.py --heads 128 --sq 4 --batch 128 \
         --contexts 32768 --dists uniform --impls ours,flashmla,fa3 --no-plots --out "$OUT/lastcase" ;;

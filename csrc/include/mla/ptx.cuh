@@ -53,6 +53,11 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Arrives at barrier `id` without waiting (the producer side of a producer/consumer hand-off; the
+// consumers bar.sync on the same id and count).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // ---- cp.async (16 bytes, L2 only) ---------------------------------------------------------------
 // Copies `src_bytes` (16 or 0) bytes and zero-fills the rest of the 16: rows past the problem cost

@@ -1,7 +1,7 @@
 // Online softmax of the 64-row decode kernel. A row's scores for one page are spread over kSlices
-// warpgroups, each holding kScoreTiles n8 tiles in wgmma C layout; the row max is exchanged
-// through shared memory and the bf16 probabilities land in a 128-byte-swizzled [rows x 64 tokens]
-// tile that serves as the A operand of O += P V.
+// warpgroups (or held by one), each holding kScoreTiles n8 tiles in wgmma C layout; the row max
+// is exchanged through shared memory and the bf16 probabilities land in a 128-byte-swizzled
+// [rows x 64 tokens] tile that serves as the A operand of O += P V.
 #pragma once
 
 #include <cmath>
@@ -33,7 +33,8 @@ struct SoftmaxSlice {
 // completed.
 
 // Scales the scores into the exp2 domain, masks positions a row may not see (causal limit,
-// sequence end), and agrees on the new row max across the kSlices slices through shared memory.
+// sequence end), and agrees on the new row max across the kSlices slices through shared memory
+// (kSlices = 1: a warpgroup holds whole rows, no exchange).
 // Returns per row `base` (the new max, 0 while nothing is visible so that exp2(-inf - base) is 0,
 // not NaN) and `alpha` = exp2(m_old - base); updates m and l (l *= alpha).
 template <int kRows, int kSlices, int kScoreTiles>
@@ -58,17 +59,22 @@ __device__ __forceinline__ void softmax_rowmax(float (&s)[kScoreTiles][4], float
     mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
     mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
   }
-  if ((lane & 3) == 0) {
-    sl.red[sl.slice * kRows + sl.row] = mx[0];
-    sl.red[sl.slice * kRows + sl.row + 8] = mx[1];
+  if constexpr (kSlices > 1) {
+    if ((lane & 3) == 0) {
+      sl.red[sl.slice * kRows + sl.row] = mx[0];
+      sl.red[sl.slice * kRows + sl.row + 8] = mx[1];
+    }
+    ptx::named_barrier_sync(sl.bar_id, sl.bar_threads);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int c = 0; c < kSlices; ++c) mx[h] = fmaxf(mx[h], sl.red[c * kRows + sl.row + 8 * h]);
+    }
   }
-  ptx::named_barrier_sync(sl.bar_id, sl.bar_threads);
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float m_new = m[h];
-#pragma unroll
-    for (int c = 0; c < kSlices; ++c) m_new = fmaxf(m_new, sl.red[c * kRows + sl.row + 8 * h]);
+    const float m_new = fmaxf(m[h], mx[h]);
     base[h] = m_new == -INFINITY ? 0.f : m_new;
     alpha[h] = exp2f(m[h] - base[h]);
     m[h] = m_new;

@@ -7,18 +7,30 @@
 namespace mla::sm90::decode {
 
 constexpr int kRows = 64;  // one m64 wgmma tile of query rows
-constexpr int kWarpGroups = 2;         // each owns half the page's tokens (S) and half of V (O)
+constexpr int kWarpGroups = 2;
 constexpr int kThreads = kWarpGroups * 128;
-constexpr int kStages = 2;             // KV pages in flight
-constexpr int kQBytes = kDimBlocks * kTileBytes;      // Q tile, 72 KB
-constexpr int kTokensPerWg = 64 / kWarpGroups;        // S columns per warpgroup
-constexpr int kVColsPerWg = 512 / kWarpGroups;        // O columns per warpgroup
+constexpr int kWgS = 0;  // computes S and the softmax for the whole page, owns O[:, 0:256]
+constexpr int kWgV = 1;  // owns O[:, 256:512], issues the refills
+constexpr int kStages = 2;                          // KV pages in flight
+constexpr int kQBytes = kDimBlocks * kTileBytes;    // Q tile, 72 KB
+constexpr int kVColsPerWg = kDimV / kWarpGroups;    // O columns per warpgroup
+constexpr int kScoreTiles = kPageSize / 8;          // n8 tiles of a row's page scores
+
+// Named barriers (0 is __syncthreads). kBarS: warpgroup S alone. The others hand pages over
+// between the two warpgroups: one side arrives (bar.arrive), the other waits (bar.sync), except
+// kBarFree, where both wait.
+constexpr int kBarS = 1;
+constexpr int kBarReady = 2;  // S -> V: P(j) and alpha(j) are in shared memory
+constexpr int kBarSDone = 3;  // S -> V: S is done with page j (O[:, 0:256] += P(j) V_j finished)
+constexpr int kBarFree = 4;   // V and S: V is done with P(j) and page j (both wait)
+constexpr int kBarEnd = 5;    // S -> V: the sequence's row max and row sums are in shared memory
 
 constexpr int kOffQ = 0;
 constexpr int kOffKV = kOffQ + kQBytes;
-constexpr int kOffP = kOffKV + kStages * kPageBytes;
-constexpr int kOffRed = kOffP + kTileBytes;
-constexpr int kOffBar = kOffRed + kWarpGroups * kRows * 4;
+constexpr int kOffP = kOffKV + kStages * kPageBytes;  // P: [64 rows x 64 tokens] bf16, swizzled
+constexpr int kOffScale = kOffP + kTileBytes;         // alpha per row, [64] fp32
+constexpr int kOffML = kOffScale + kRows * 4;         // row max and row sum, [2][64] fp32
+constexpr int kOffBar = kOffML + 2 * kRows * 4;
 constexpr int kOffFlag = kOffBar + kStages * 8;
 constexpr int kSmemBytes = kOffFlag + 16 + kSwizzleAlign;
 

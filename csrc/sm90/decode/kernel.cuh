@@ -1,7 +1,14 @@
 // Split-KV paged MLA decode for tiles of 64 query rows on Hopper tensor cores (wgmma). Pages land
 // 128B-swizzled by TMA, so one shared-memory copy serves as the K operand of S = Q K^T (K-major)
-// and as the V operand of O += P V (MN-major). Two warpgroups: each computes S for half the
-// page's tokens, they exchange row maxima, and each accumulates O for half of the 512 V columns.
+// and as the V operand of O += P V (MN-major).
+//
+// The two warpgroups have different jobs. Warpgroup S computes S = Q K^T for the whole page
+// (m64n64, so Q and K are each read once per k-step), the softmax (whole rows: no exchange), and
+// O[:, 0:256] += P V with P from its registers. Warpgroup V only accumulates O[:, 256:512] += P V
+// with P from shared memory and rescales its half by the row factors S leaves there. S issues
+// O += P(j) V_j and S(j+1) back to back and runs the softmax of page j+1 while V's MMA for page j
+// is in flight, so the tensor cores see S, P V (left) and P V (right) of consecutive pages with
+// only the softmax in between. V refills page j's stage as soon as both are done with it.
 #pragma once
 
 #include <cuda.h>
@@ -20,40 +27,72 @@
 
 namespace mla::sm90::decode {
 
-constexpr int kBarSoftmax = 1;  // named barrier over both warpgroups (id 0 is __syncthreads)
+using OAcc = float[kVColsPerWg / 8][4];  // a warpgroup's half of O: 128 fp32 per thread
+using SAcc = float[kScoreTiles][4];      // a page's scores: 32 fp32 per thread
+using PFrag = uint32_t[kScoreTiles][2];  // bf16 P in registers: the A fragments of 4 k16 steps
 
-// S = Q K^T for this warpgroup's 32 tokens of the page at kv_addr: 9 atom columns x 4 k16 steps.
-__device__ __forceinline__ void issue_s(float (&sacc)[kTokensPerWg / 8][4], uint32_t sq_addr,
-                                        uint32_t kv_addr, int wg) {
+// S = Q K^T for the 64 tokens of the page at kv_addr: 9 atom columns x 4 k16 steps.
+__device__ __forceinline__ void issue_s(SAcc& sacc, uint32_t sq_addr, uint32_t kv_addr) {
 #pragma unroll
   for (int kb = 0; kb < kDimBlocks; ++kb) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      const uint64_t da = desc_k_major(sq_addr + kb * kTileBytes + kk * 32);
-      const uint64_t db = desc_k_major(kv_addr + kb * kTileBytes + wg * kTokensPerWg * 128 + kk * 32);
-      ptx::wgmma_m64n32k16<0, 0>(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc), da, db,
-                                 kb + kk > 0);
+      ptx::wgmma_m64n64k16<0, 0>(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc),
+                                 desc_k_major(sq_addr + kb * kTileBytes + kk * 32),
+                                 desc_k_major(kv_addr + kb * kTileBytes + kk * 32), kb + kk > 0);
     }
   }
 }
 
-// O += P V for this warpgroup's 256 V columns (4 atom columns), 4 k16 steps of 16 tokens.
-__device__ __forceinline__ void issue_pv(float (&o)[kVColsPerWg / 8][4], uint32_t sp_addr,
-                                         uint32_t kv_addr, int wg) {
+// O[:, 0:256] += P V with P in registers. The accumulator layout of S (n8 tile t: row r, columns
+// 8t + 2 (lane % 4) + {0, 1}, and row r + 8) is the register A layout of a k16 step made of tiles
+// 2kk and 2kk + 1, so the bf16 pairs of tiles 2kk, 2kk + 1 are that step's four registers.
+__device__ __forceinline__ void issue_pv_regs(OAcc& o, const PFrag& pk, uint32_t kv_addr) {
+  const auto& a = reinterpret_cast<const uint32_t(&)[4][4]>(pk);
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
-    const uint64_t da = desc_k_major(sp_addr + kk * 32);
-    const uint64_t db = desc_mn_major(kv_addr + wg * 4 * kTileBytes + kk * 16 * 128);
-    ptx::wgmma_m64n256k16<0, 1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o), da, db, 1);
+    ptx::wgmma_m64n256k16_rs<1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o), a[kk],
+                                desc_mn_major(kv_addr + kk * 16 * 128));
   }
 }
 
-// Per page: S = Q K^T (each warpgroup its 32 tokens), the online softmax with the row max
-// exchanged between the warpgroups, then O += P V (each warpgroup its 256 V columns). The two
-// warpgroups run in lockstep. Overlapping the softmax with the next page's S instead (as
-// FlashAttention-3 does) needs that page resident one step earlier: with two 72 KB stages next to
-// the 72 KB Q tile there is then no stage left to prefetch into, and it measured 20-27% slower
-// (docs/perf.md, v5).
+// O[:, 256:512] += P V with P from shared memory.
+__device__ __forceinline__ void issue_pv_smem(OAcc& o, uint32_t sp_addr, uint32_t kv_addr) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    ptx::wgmma_m64n256k16<0, 1>(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o),
+                                desc_k_major(sp_addr + kk * 32),
+                                desc_mn_major(kv_addr + 4 * kTileBytes + kk * 16 * 128), 1);
+  }
+}
+
+// Warpgroup S's softmax of one page: new row max, alpha for both halves of O, P in registers.
+__device__ __forceinline__ void page_softmax(SAcc& sacc, float (&m)[2], float (&l)[2],
+                                             float (&alpha)[2], PFrag& pk, const int (&limit)[2],
+                                             int page_pos, float scale_log2,
+                                             const SoftmaxSlice& sl, int lane) {
+  float base[2];
+  softmax_rowmax<kRows, 1>(sacc, m, l, base, alpha, limit, page_pos, scale_log2, sl, lane);
+  softmax_exp(sacc, base, l, pk);
+}
+
+// Hands P and the row factors of a page to warpgroup V.
+__device__ __forceinline__ void publish_p(const PFrag& pk, const float (&alpha)[2], float* scale,
+                                          const SoftmaxSlice& sl, int lane) {
+  store_p(pk, sl, lane);
+  if ((lane & 3) == 0) {
+    scale[sl.row] = alpha[0];
+    scale[sl.row + 8] = alpha[1];
+  }
+  ptx::fence_proxy_async_shared();  // P is read by wgmma
+  ptx::named_barrier_arrive(kBarReady, kThreads);
+}
+
+__device__ __forceinline__ void wait_full(uint64_t* bars, uint32_t& phase, int s) {
+  ptx::mbarrier_wait_parity(&bars[s], (phase >> s) & 1);
+  phase ^= 1u << s;
+}
+
 __global__ void __launch_bounds__(kThreads, 1)
     decode_kernel(const __grid_constant__ DecodeParams p,
                   const __grid_constant__ CUtensorMap tmap) {
@@ -61,9 +100,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + kSwizzleAlign - 1) & ~uintptr_t(kSwizzleAlign - 1));
   const int tid = threadIdx.x;
+  const int wtid = tid % 128;
   const int warp = tid / 32;
   const int lane = tid % 32;
-  const int wg = warp / 4;            // warpgroup: tokens [32 wg, +32) of S, V columns [256 wg, +256)
+  // Warp-uniform by construction (a shuffle from lane 0), so that ptxas sees each role branch as
+  // warpgroup-uniform and keeps the wgmma pipeline (C7520 otherwise).
+  const int wg = __shfl_sync(0xffffffffu, warp / 4, 0);
   const int row0 = (warp % 4) * 16 + (lane >> 2);  // first of the thread's two accumulator rows
   const int m_tile = blockIdx.x;
   const int part = blockIdx.y;
@@ -71,11 +113,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* sq = smem + kOffQ;
   uint8_t* skv = smem + kOffKV;
   uint8_t* sp = smem + kOffP;
-  float* red = reinterpret_cast<float*>(smem + kOffRed);
+  float* scale = reinterpret_cast<float*>(smem + kOffScale);
+  float* ml = reinterpret_cast<float*>(smem + kOffML);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kOffBar);
   int* bad = reinterpret_cast<int*>(smem + kOffFlag);
   const uint32_t sq_addr = ptx::smem_addr(sq);
   const uint32_t sp_addr = ptx::smem_addr(sp);
+  auto kv_addr = [&](int s) { return ptx::smem_addr(skv + s * kPageBytes); };
 
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&bars[s], 1);
@@ -88,31 +132,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (pm.x >= pm.y) return;
   __syncthreads();
 
-  uint32_t phase = 0;  // bit s: parity of the next completion of stage s
+  uint32_t phase = 0;  // bit s: parity of the next completion of stage s (each warpgroup its own)
   int issued = 0;      // pages consumed so far by this CTA: page n uses stage n % kStages
 
   for (int b = pm.x; b < pm.y; ++b) {
     const SeqWork w = seq_work(p, part, pm, b);
     const int num_pages = w.page_end - w.page_begin;
+    auto stage_of = [&](int j) { return (issued + j) % kStages; };
 
-    __syncthreads();  // the previous sequence is done with Q, P and the reduction buffer
+    __syncthreads();  // the previous sequence is done with Q, P and every stage
     if (tid == 0) {
       *bad = 0;
       for (int j = 0; j < kStages && j < num_pages; ++j) {
-        const int s = (issued + j) % kStages;
-        load_page(&tmap, page_id_of(p, w, w.page_begin + j), skv + s * kPageBytes, &bars[s], bad);
+        load_page(&tmap, page_id_of(p, w, w.page_begin + j), skv + stage_of(j) * kPageBytes,
+                  &bars[stage_of(j)], bad);
       }
     }
     load_q_async<kRows, kThreads>(p, w.batch, m_tile * kRows, sq, tid);
-
-    int limit[2];
-    float m[2], l[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      limit[h] = row_limit(p, w, m_tile * kRows + row0 + 8 * h);
-      m[h] = -INFINITY;
-      l[h] = 0.f;
-    }
     float o[kVColsPerWg / 8][4];
 #pragma unroll
     for (int t = 0; t < kVColsPerWg / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
@@ -120,68 +156,114 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
     __syncthreads();
 
-    const SoftmaxSlice sl{red, sp, row0, wg, wg * kTokensPerWg, kBarSoftmax, kThreads};
-    for (int j = 0; j < num_pages; ++j) {
-      const int s = (issued + j) % kStages;
-      uint8_t* stage = skv + s * kPageBytes;
-      const uint32_t kv_addr = ptx::smem_addr(stage);
-      const int page = w.page_begin + j;
-      // The refill's block-table entry, read now so that its latency hides behind this page.
-      const int next_id =
-          tid == 0 && j + kStages < num_pages ? page_id_of(p, w, page + kStages) : -1;
-      ptx::mbarrier_wait_parity(&bars[s], (phase >> s) & 1);
-      phase ^= 1u << s;
-      const int valid = w.seqlen - page * kPageSize;
-      if (valid < kPageSize) {
-        zero_tail(stage, valid, tid, kThreads);
-        ptx::fence_proxy_async_shared();
-        ptx::named_barrier_sync(kBarSoftmax, kThreads);
+    if (wg == kWgS) {
+      int limit[2];
+      float m[2], l[2], alpha[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        limit[h] = row_limit(p, w, m_tile * kRows + row0 + 8 * h);
+        m[h] = -INFINITY;
+        l[h] = 0.f;
+      }
+      const SoftmaxSlice sl{nullptr, sp, row0, 0, 0, kBarS, 128};
+      SAcc sacc;
+      PFrag pk;
+      // Waits for page j and zeroes the tail of a partial last page (P = 0 times a NaN in the
+      // cache would still be NaN), then issues S(j).
+      auto start_s = [&](int j) {
+        const int s = stage_of(j);
+        wait_full(bars, phase, s);
+        const int valid = w.seqlen - (w.page_begin + j) * kPageSize;
+        if (valid < kPageSize) {
+          zero_tail(skv + s * kPageBytes, valid, wtid, 128);
+          ptx::fence_proxy_async_shared();
+          ptx::named_barrier_sync(kBarS, 128);
+        }
+        issue_s(sacc, sq_addr, kv_addr(s));
+        ptx::wgmma_commit();
+      };
+
+      if (num_pages > 0) {
+        ptx::wgmma_fence();
+        start_s(0);
+        ptx::wgmma_wait<0>();
+        ptx::fence_regs(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc));
+        page_softmax(sacc, m, l, alpha, pk, limit, w.page_begin * kPageSize, p.scale_log2, sl,
+                     lane);
+        publish_p(pk, alpha, scale, sl, lane);
+      }
+      for (int j = 0; j < num_pages; ++j) {
+        ptx::wgmma_fence();
+        issue_pv_regs(o, pk, kv_addr(stage_of(j)));
+        ptx::wgmma_commit();
+        if (j + 1 == num_pages) {
+          ptx::wgmma_wait<0>();
+          ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
+          ptx::named_barrier_arrive(kBarSDone, kThreads);
+          break;
+        }
+        start_s(j + 1);
+        ptx::wgmma_wait<1>();  // O += P(j) V_j is done: page j is V's alone now
+        ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
+        ptx::named_barrier_arrive(kBarSDone, kThreads);
+        ptx::wgmma_wait<0>();
+        ptx::fence_regs(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc));
+        page_softmax(sacc, m, l, alpha, pk, limit, (w.page_begin + j + 1) * kPageSize,
+                     p.scale_log2, sl, lane);
+        rescale_o(o, alpha);
+        ptx::named_barrier_sync(kBarFree, kThreads);  // V is done with P(j)
+        publish_p(pk, alpha, scale, sl, lane);
       }
 
-      float sacc[kTokensPerWg / 8][4];
-      ptx::wgmma_fence();
-      issue_s(sacc, sq_addr, kv_addr, wg);
-      ptx::wgmma_commit();
-      ptx::wgmma_wait<0>();
-      ptx::fence_regs(reinterpret_cast<float(&)[kTokensPerWg / 2]>(sacc));
-
-      float base[2], alpha[2];
-      uint32_t pk[kTokensPerWg / 8][2];
-      softmax_rowmax<kRows, kWarpGroups>(sacc, m, l, base, alpha, limit, page * kPageSize,
-                                         p.scale_log2, sl, lane);
-      rescale_o(o, alpha);
-      softmax_exp(sacc, base, l, pk);
-      store_p(pk, sl, lane);
-      ptx::fence_proxy_async_shared();  // P is read by wgmma
-      ptx::named_barrier_sync(kBarSoftmax, kThreads);
-
-      ptx::wgmma_fence();
-      issue_pv(o, sp_addr, kv_addr, wg);
-      ptx::wgmma_commit();
-      ptx::wgmma_wait<0>();
-      ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
-
-      __syncthreads();  // both warpgroups are done with stage s and P: refill
-      if (tid == 0 && j + kStages < num_pages) load_page(&tmap, next_id, stage, &bars[s], bad);
+      // Full row sums; hand max and sums to V once it is done with the last P.
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+      }
+      if (num_pages > 0) ptx::named_barrier_sync(kBarFree, kThreads);
+      if ((lane & 3) == 0) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          ml[row0 + 8 * h] = m[h];
+          ml[kRows + row0 + 8 * h] = l[h];
+        }
+      }
+      ptx::named_barrier_arrive(kBarEnd, kThreads);
+      store_rows<kVColsPerWg / 8>(p, w, o, m, l, *bad != 0, m_tile * kRows + row0,
+                                  2 * (lane & 3), (lane & 3) == 0);
+    } else {
+      for (int j = 0; j < num_pages; ++j) {
+        const int s = stage_of(j);
+        // The refill's block-table entry, read now so that its latency hides behind this page.
+        const int next_id = wtid == 0 && j + kStages < num_pages
+                                ? page_id_of(p, w, w.page_begin + j + kStages)
+                                : -1;
+        wait_full(bars, phase, s);
+        ptx::named_barrier_sync(kBarReady, kThreads);
+        const float alpha[2] = {scale[row0], scale[row0 + 8]};
+        rescale_o(o, alpha);
+        ptx::wgmma_fence();
+        issue_pv_smem(o, sp_addr, kv_addr(s));
+        ptx::wgmma_commit();
+        ptx::wgmma_wait<0>();
+        ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
+        ptx::named_barrier_sync(kBarSDone, kThreads);  // S is done with page j too: refill it
+        if (wtid == 0 && j + kStages < num_pages) {
+          load_page(&tmap, next_id, skv + s * kPageBytes, &bars[s], bad);
+        }
+        // A full sync, not an arrive: V has nothing else to do until S publishes the next P,
+        // and compute-sanitizer's racecheck does not take an arrive as ordering V's read of the
+        // row factors before S's next write of them.
+        ptx::named_barrier_sync(kBarFree, kThreads);
+      }
+      ptx::named_barrier_sync(kBarEnd, kThreads);
+      const float m[2] = {ml[row0], ml[row0 + 8]};
+      const float l[2] = {ml[kRows + row0], ml[kRows + row0 + 8]};
+      store_rows<kVColsPerWg / 8>(p, w, o, m, l, *bad != 0, m_tile * kRows + row0,
+                                  kVColsPerWg + 2 * (lane & 3), false);
     }
     issued += num_pages;
-
-    // Row sums across the two warpgroups, then normalise and store.
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
-      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
-    }
-    if ((lane & 3) == 0) {
-      red[wg * kRows + row0] = l[0];
-      red[wg * kRows + row0 + 8] = l[1];
-    }
-    ptx::named_barrier_sync(kBarSoftmax, kThreads);
-    float lsum[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) lsum[h] = red[row0 + 8 * h] + red[kRows + row0 + 8 * h];
-    store_rows<kVColsPerWg / 8>(p, w, o, m, lsum, *bad != 0, m_tile * kRows + row0,
-                                wg * kVColsPerWg + 2 * (lane & 3), wg == 0 && (lane & 3) == 0);
   }
 }
 
