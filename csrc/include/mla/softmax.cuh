@@ -1,7 +1,7 @@
-// Online softmax of the 64-row decode kernel. A row's scores for one page are spread over kSlices
-// warpgroups (or held by one), each holding kScoreTiles n8 tiles in wgmma C layout; the row max
-// is exchanged through shared memory and the bf16 probabilities land in a 128-byte-swizzled
-// [rows x 64 tokens] tile that serves as the A operand of O += P V.
+// Online softmax of the 64-row decode kernel: a warpgroup holds whole rows of a page's scores as
+// kScoreTiles n8 tiles in wgmma C layout; the bf16 probabilities stay in registers (the A operand
+// of the warpgroup's own O += P V) and land in a 128-byte-swizzled [rows x 64 tokens] tile (the A
+// operand of the other warpgroup's).
 #pragma once
 
 #include <cmath>
@@ -17,37 +17,26 @@ __device__ __forceinline__ uint32_t sw128_offset(int row, int chunk) {
   return row * 128 + ((chunk ^ (row & 7)) << 4);
 }
 
-struct SoftmaxSlice {
-  float* red;      // [kSlices][kRows] row-max exchange
-  uint8_t* sp;     // P tile, [kRows x 64] bf16, 128B-swizzled
-  int row;         // tile row of the thread's first row (the second is row + 8)
-  int slice;       // which slice of the page's tokens this warp holds
-  int tok_base;    // first token (in the page) of the slice
-  int bar_id;      // named barrier over the warps sharing these rows
-  int bar_threads;
-};
-
 // The online softmax for one page comes in three steps so that a kernel can overlap them with
 // the tensor cores: softmax_rowmax (needs the page's scores), softmax_exp (registers only) and
 // store_p (needs the P tile free again); rescale_o applies alpha once the previous O += P V has
 // completed.
 
 // Scales the scores into the exp2 domain, masks positions a row may not see (causal limit,
-// sequence end), and agrees on the new row max across the kSlices slices through shared memory
-// (kSlices = 1: a warpgroup holds whole rows, no exchange).
+// sequence end) and takes the new row max (the four lanes of a quad hold a row's columns).
 // Returns per row `base` (the new max, 0 while nothing is visible so that exp2(-inf - base) is 0,
 // not NaN) and `alpha` = exp2(m_old - base); updates m and l (l *= alpha).
-template <int kRows, int kSlices, int kScoreTiles>
+template <int kScoreTiles>
 __device__ __forceinline__ void softmax_rowmax(float (&s)[kScoreTiles][4], float (&m)[2],
                                                float (&l)[2], float (&base)[2], float (&alpha)[2],
                                                const int (&limit)[2], int page_pos,
-                                               float scale_log2, const SoftmaxSlice& sl, int lane) {
+                                               float scale_log2, int lane) {
   float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
   for (int t = 0; t < kScoreTiles; ++t) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int pos = page_pos + sl.tok_base + t * 8 + 2 * (lane & 3) + (e & 1);
+      const int pos = page_pos + t * 8 + 2 * (lane & 3) + (e & 1);
       const int h = e >> 1;
       const float v = pos < limit[h] ? s[t][e] * scale_log2 : -INFINITY;
       s[t][e] = v;
@@ -58,22 +47,6 @@ __device__ __forceinline__ void softmax_rowmax(float (&s)[kScoreTiles][4], float
   for (int h = 0; h < 2; ++h) {
     mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
     mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-  }
-  if constexpr (kSlices > 1) {
-    if ((lane & 3) == 0) {
-      sl.red[sl.slice * kRows + sl.row] = mx[0];
-      sl.red[sl.slice * kRows + sl.row + 8] = mx[1];
-    }
-    ptx::named_barrier_sync(sl.bar_id, sl.bar_threads);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-#pragma unroll
-      for (int c = 0; c < kSlices; ++c) mx[h] = fmaxf(mx[h], sl.red[c * kRows + sl.row + 8 * h]);
-    }
-  }
-
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
     const float m_new = fmaxf(m[h], mx[h]);
     base[h] = m_new == -INFINITY ? 0.f : m_new;
     alpha[h] = exp2f(m[h] - base[h]);
@@ -99,17 +72,17 @@ __device__ __forceinline__ void softmax_exp(const float (&s)[kScoreTiles][4], co
   }
 }
 
-// Writes the packed probabilities into the swizzled [kRows x 64] P tile. The caller fences
-// (wgmma reads P) and syncs the slices afterwards.
+// Writes the packed probabilities of the thread's rows `row` and `row + 8` into the swizzled
+// [rows x 64 tokens] P tile at sp. The caller fences (wgmma reads P) and syncs afterwards.
 template <int kScoreTiles>
-__device__ __forceinline__ void store_p(const uint32_t (&pk)[kScoreTiles][2],
-                                        const SoftmaxSlice& sl, int lane) {
+__device__ __forceinline__ void store_p(const uint32_t (&pk)[kScoreTiles][2], uint8_t* sp, int row,
+                                        int lane) {
 #pragma unroll
   for (int t = 0; t < kScoreTiles; ++t) {
-    const int col = sl.tok_base + t * 8 + 2 * (lane & 3);
+    const int col = t * 8 + 2 * (lane & 3);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      *reinterpret_cast<uint32_t*>(sl.sp + sw128_offset(sl.row + 8 * h, col >> 3) + (col & 7) * 2) =
+      *reinterpret_cast<uint32_t*>(sp + sw128_offset(row + 8 * h, col >> 3) + (col & 7) * 2) =
           pk[t][h];
     }
   }

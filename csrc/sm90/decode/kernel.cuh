@@ -69,20 +69,19 @@ __device__ __forceinline__ void issue_pv_smem(OAcc& o, uint32_t sp_addr, uint32_
 // Warpgroup S's softmax of one page: new row max, alpha for both halves of O, P in registers.
 __device__ __forceinline__ void page_softmax(SAcc& sacc, float (&m)[2], float (&l)[2],
                                              float (&alpha)[2], PFrag& pk, const int (&limit)[2],
-                                             int page_pos, float scale_log2,
-                                             const SoftmaxSlice& sl, int lane) {
+                                             int page_pos, float scale_log2, int lane) {
   float base[2];
-  softmax_rowmax<kRows, 1>(sacc, m, l, base, alpha, limit, page_pos, scale_log2, sl, lane);
+  softmax_rowmax(sacc, m, l, base, alpha, limit, page_pos, scale_log2, lane);
   softmax_exp(sacc, base, l, pk);
 }
 
 // Hands P and the row factors of a page to warpgroup V.
-__device__ __forceinline__ void publish_p(const PFrag& pk, const float (&alpha)[2], float* scale,
-                                          const SoftmaxSlice& sl, int lane) {
-  store_p(pk, sl, lane);
+__device__ __forceinline__ void publish_p(const PFrag& pk, const float (&alpha)[2], uint8_t* sp,
+                                          float* scale, int row, int lane) {
+  store_p(pk, sp, row, lane);
   if ((lane & 3) == 0) {
-    scale[sl.row] = alpha[0];
-    scale[sl.row + 8] = alpha[1];
+    scale[row] = alpha[0];
+    scale[row + 8] = alpha[1];
   }
   ptx::fence_proxy_async_shared();  // P is read by wgmma
   ptx::named_barrier_arrive(kBarReady, kThreads);
@@ -156,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
     __syncthreads();
 
-    if (wg == kWgS) {
+    if (wg == kWgS) {  // else kWgV
       int limit[2];
       float m[2], l[2], alpha[2];
 #pragma unroll
@@ -165,7 +164,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         m[h] = -INFINITY;
         l[h] = 0.f;
       }
-      const SoftmaxSlice sl{nullptr, sp, row0, 0, 0, kBarS, 128};
       SAcc sacc;
       PFrag pk;
       // Waits for page j and zeroes the tail of a partial last page (P = 0 times a NaN in the
@@ -188,9 +186,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         start_s(0);
         ptx::wgmma_wait<0>();
         ptx::fence_regs(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc));
-        page_softmax(sacc, m, l, alpha, pk, limit, w.page_begin * kPageSize, p.scale_log2, sl,
-                     lane);
-        publish_p(pk, alpha, scale, sl, lane);
+        page_softmax(sacc, m, l, alpha, pk, limit, w.page_begin * kPageSize, p.scale_log2, lane);
+        publish_p(pk, alpha, sp, scale, row0, lane);
       }
       for (int j = 0; j < num_pages; ++j) {
         ptx::wgmma_fence();
@@ -209,10 +206,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_wait<0>();
         ptx::fence_regs(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc));
         page_softmax(sacc, m, l, alpha, pk, limit, (w.page_begin + j + 1) * kPageSize,
-                     p.scale_log2, sl, lane);
+                     p.scale_log2, lane);
         rescale_o(o, alpha);
         ptx::named_barrier_sync(kBarFree, kThreads);  // V is done with P(j)
-        publish_p(pk, alpha, scale, sl, lane);
+        publish_p(pk, alpha, sp, scale, row0, lane);
       }
 
       // Full row sums; hand max and sums to V once it is done with the last P.
