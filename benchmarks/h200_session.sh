@@ -77,10 +77,10 @@ for s in "$@"; do
       fi ;;
     ncu)  # per-kernel times of small and large shapes (metadata, main, combine)
       for c in "16 1 4096 1" "128 1 4096 1" "16 128 32768 1" "128 128 32768 1"; do
-        set -- $c
-        name=ncu_h$1_b$2_l$3_s$4
+        read -r h b l q <<< "$c"  # not `set --`: that would overwrite the script's step list
+        name=ncu_h${h}_b${b}_l${l}_s${q}
         TAIL=0 step "$name" 120 ncu --clock-control none --csv --metrics gpu__time_duration.sum \
-          python3 benchmarks/profile_case.py --heads "$1" --batch "$2" --ctx "$3" --sq "$4" --reps 2
+          python3 benchmarks/profile_case.py --heads "$h" --batch "$b" --ctx "$l" --sq "$q" --reps 2
         grep -E '"(mla|sm90)::' "$OUT/$name.log" | awk -F'","' '{print $5 ": " $NF}' | sed 's/"//g'
       done ;;
     grid)  # uniform lengths with every rival; skewed without Triton, whose kernel faults on
