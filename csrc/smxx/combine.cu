@@ -1,13 +1,15 @@
 // Split-KV combine: merges the fp32 partial results of sequences cut across parts, weighting each
-// piece by exp(lse_piece - lse_total). Arch-agnostic.
+// piece by exp(lse_piece - lse_total). Arch-agnostic. Two shapes of the same merge, launched with
+// PDL (the CTAs start while the decode kernel drains and wait for it before reading):
 //
-// A split sequence is combined by the CTAs of the part where it starts: it is that part's last
-// sequence, so the grid is (parts x row blocks), not the batch, and CTAs of parts that start no
-// split sequence leave at once. Each CTA has four warps over kRowsPerCta rows: a small batch over
-// a long context cuts each sequence into many pieces, so there one row's pieces are spread over
-// the four warps (warp w takes pieces w, w + 4, ...); a large batch has few pieces per sequence,
-// so there each warp takes a whole row and the grid holds a quarter as many (mostly empty) CTAs.
-// Launched with PDL: the CTAs start while the decode kernel finishes.
+// - Few pieces per sequence (a large batch): one warp per row, four rows per CTA. A split
+//   sequence is the last sequence of the part where it starts, so the grid is (parts x row
+//   blocks), not the batch, and CTAs of parts that start no split sequence leave at once.
+// - Many pieces per sequence (a small batch over long contexts: up to ~num_parts pieces): one CTA
+//   per (sequence, row), kGroups x 128 threads (1, 2 or 4 groups by the expected piece count),
+//   each thread one float4 of the 512 columns and every kGroups-th piece. Its first kUnroll pieces are loaded before the row's LSE is reduced,
+//   so the merge costs about one round of memory latency after the decode kernel, not one per
+//   piece group.
 #include <cmath>
 #include <cstdint>
 
@@ -18,13 +20,69 @@
 namespace mla {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kColsPerLane = kDimV / 32;  // 16 floats: four float4 at lane*4 + 128*j
+__device__ __forceinline__ void axpy(float4& acc, float w, const float4& v) {
+  acc.x += w * v.x;
+  acc.y += w * v.y;
+  acc.z += w * v.z;
+  acc.w += w * v.w;
+}
 
-template <int kRowsPerCta>
-__global__ void __launch_bounds__(kWarps * 32) combine_kernel(const __grid_constant__ DecodeParams p) {
-  constexpr int kWarpsPerRow = kWarps / kRowsPerCta;
-  __shared__ float partial[kWarps][kDimV];
+__device__ __forceinline__ uint2 pack_bf16x4(const float4& v) {
+  uint2 packed;
+  packed.x = ptx::pack_bf16x2(v.x, v.y);
+  packed.y = ptx::pack_bf16x2(v.z, v.w);
+  return packed;
+}
+
+__device__ __forceinline__ __nv_bfloat16* out_row(const DecodeParams& p, int b, int r) {
+  return p.out + int64_t(b) * p.out_batch_stride + int64_t(r / p.h_q) * p.out_token_stride +
+         int64_t(r % p.h_q) * p.out_head_stride;
+}
+
+__device__ __forceinline__ float* lse_out(const DecodeParams& p, int b, int r) {
+  return p.lse + int64_t(b) * p.lse_batch_stride + int64_t(r / p.h_q) * p.lse_token_stride +
+         int64_t(r % p.h_q) * p.lse_head_stride;
+}
+
+// Running (max, sum of exp(x - max)) of LSE values. An empty piece has lse = -inf and adds
+// nothing; a poisoned one (NaN) makes the sum NaN, which the output then carries.
+struct LseSum {
+  float m = -INFINITY, s = 0.f;
+
+  __device__ __forceinline__ void add(float x) {
+    if (x > m) {
+      s = s * expf(m - x) + 1.f;
+      m = x;
+    } else if (x != -INFINITY) {
+      s += expf(x - m);
+    }
+  }
+  __device__ __forceinline__ void merge(float m2, float s2) {
+    const float mm = fmaxf(m, m2);
+    if (mm == -INFINITY) {
+      s += s2;
+      return;
+    }
+    s = s * expf(m - mm) + s2 * expf(m2 - mm);
+    m = mm;
+  }
+  __device__ __forceinline__ void warp_reduce() {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      merge(__shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, s, off));
+    }
+  }
+  __device__ __forceinline__ float base() const { return m == -INFINITY ? 0.f : m; }
+  __device__ __forceinline__ float inv_sum() const { return s > 0.f ? 1.f / s : 0.f; }
+  // Natural-log LSE of the whole row: -inf when every piece is empty, NaN when one is poisoned.
+  __device__ __forceinline__ float lse() const { return s == 0.f ? -INFINITY : m + logf(s); }
+};
+
+constexpr int kColsPerLane = kDimV / 32;  // warp-per-row kernel: four float4 at lane*4 + 128*j
+constexpr int kRowWarps = 4;
+
+__global__ void __launch_bounds__(kRowWarps * 32)
+    combine_rows_kernel(const __grid_constant__ DecodeParams p) {
   ptx::griddep_wait();
   const int part = blockIdx.x;
   const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
@@ -34,97 +92,126 @@ __global__ void __launch_bounds__(kWarps * 32) combine_kernel(const __grid_const
   const int num_splits = bm.z;
   if (num_splits <= 1 || bm.y != part) return;  // not split, or combined by its first part
 
-  const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int r = blockIdx.y * kRowsPerCta + warp / kWarpsPerRow;
-  const int sub = warp % kWarpsPerRow;  // this warp's share of the row's pieces
-  const bool active = r < p.rows;
+  const int r = blockIdx.y * kRowWarps + threadIdx.x / 32;
+  if (r >= p.rows) return;
 
-  float m = -INFINITY, sum = 0.f;
+  const float* lse_part = p.lse_accum + int64_t(bm.w) * p.rows + r;
+  LseSum t;
+  for (int s = lane; s < num_splits; s += 32) t.add(lse_part[int64_t(s) * p.rows]);
+  t.warp_reduce();
+  const float base = t.base(), inv_sum = t.inv_sum();
+
   float4 acc[kColsPerLane / 4];
 #pragma unroll
   for (int j = 0; j < kColsPerLane / 4; ++j) acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (active) {
-    const float* lse_part = p.lse_accum + int64_t(bm.w) * p.rows + r;
-    for (int s = lane; s < num_splits; s += 32) m = fmaxf(m, lse_part[int64_t(s) * p.rows]);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    // Every piece empty: the row saw no key.
-    const float base = m == -INFINITY ? 0.f : m;
-    for (int s = lane; s < num_splits; s += 32) sum += expf(lse_part[int64_t(s) * p.rows] - base);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    const float inv_sum = sum > 0.f ? 1.f / sum : 0.f;
-
-    // Unrolled so that several pieces' loads are in flight at once.
+  // Unrolled so that several pieces' loads are in flight at once.
 #pragma unroll 4
-    for (int s = sub; s < num_splits; s += kWarpsPerRow) {
-      const float w = expf(lse_part[int64_t(s) * p.rows] - base) * inv_sum;
-      const float* o = p.o_accum + (int64_t(bm.w + s) * p.rows + r) * kDimV;
-#pragma unroll
-      for (int j = 0; j < kColsPerLane / 4; ++j) {
-        const float4 v = *reinterpret_cast<const float4*>(o + j * 128 + lane * 4);
-        // w == 0 for an empty piece, whose o is 0: skip the product so no 0 * inf appears.
-        if (w != 0.f) {
-          acc[j].x += w * v.x;
-          acc[j].y += w * v.y;
-          acc[j].z += w * v.z;
-          acc[j].w += w * v.w;
-        }
-      }
-    }
-  }
-  if constexpr (kWarpsPerRow > 1) {
-    if (sub > 0) {
-#pragma unroll
-      for (int j = 0; j < kColsPerLane / 4; ++j) {
-        *reinterpret_cast<float4*>(&partial[warp][j * 128 + lane * 4]) = acc[j];
-      }
-    }
-    __syncthreads();
-    if (sub > 0) return;
+  for (int s = 0; s < num_splits; ++s) {
+    const float w = expf(lse_part[int64_t(s) * p.rows] - base) * inv_sum;
+    const float* o = p.o_accum + (int64_t(bm.w + s) * p.rows + r) * kDimV;
 #pragma unroll
     for (int j = 0; j < kColsPerLane / 4; ++j) {
-#pragma unroll
-      for (int w = 1; w < kWarpsPerRow; ++w) {
-        const float4 v = *reinterpret_cast<const float4*>(&partial[warp + w][j * 128 + lane * 4]);
-        acc[j].x += v.x;
-        acc[j].y += v.y;
-        acc[j].z += v.z;
-        acc[j].w += v.w;
-      }
+      const float4 v = *reinterpret_cast<const float4*>(o + j * 128 + lane * 4);
+      // w == 0 for an empty piece, whose o is 0: skip the product so no 0 * inf appears.
+      if (w != 0.f) axpy(acc[j], w, v);
     }
   }
-  if (!active) return;
-
-  const int tok = r / p.h_q;
-  const int head = r % p.h_q;
-  __nv_bfloat16* dst = p.out + int64_t(b) * p.out_batch_stride + int64_t(tok) * p.out_token_stride +
-                       int64_t(head) * p.out_head_stride;
+  __nv_bfloat16* dst = out_row(p, b, r);
 #pragma unroll
   for (int j = 0; j < kColsPerLane / 4; ++j) {
-    uint2 packed;
-    packed.x = ptx::pack_bf16x2(acc[j].x, acc[j].y);
-    packed.y = ptx::pack_bf16x2(acc[j].z, acc[j].w);
-    *reinterpret_cast<uint2*>(dst + j * 128 + lane * 4) = packed;
+    *reinterpret_cast<uint2*>(dst + j * 128 + lane * 4) = pack_bf16x4(acc[j]);
   }
-  if (lane == 0) {
-    p.lse[int64_t(b) * p.lse_batch_stride + int64_t(tok) * p.lse_token_stride +
-          int64_t(head) * p.lse_head_stride] = m == -INFINITY ? -INFINITY : m + logf(sum);
+  if (lane == 0) *lse_out(p, b, r) = t.lse();
+}
+
+constexpr int kUnroll = 8;  // pieces per thread loaded before the LSE reduction
+
+template <int kGroups>
+__global__ void __launch_bounds__(kGroups * kDimV / 4)
+    combine_seq_kernel(const __grid_constant__ DecodeParams p) {
+  constexpr int kThreads = kGroups * kDimV / 4;
+  __shared__ float4 partial[kGroups > 1 ? kGroups - 1 : 1][kDimV / 4];
+  __shared__ float2 red[kThreads / 32];
+  ptx::griddep_wait();
+  const int b = blockIdx.x;
+  const int r = blockIdx.y;
+  const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
+  const int num_splits = bm.z;
+  if (num_splits <= 1) return;
+
+  const int tid = threadIdx.x;
+  const int c4 = tid % (kDimV / 4);  // this thread's float4 of the row
+  const int g = tid / (kDimV / 4);   // pieces g, g + kGroups, ...
+  const float* lse_part = p.lse_accum + int64_t(bm.w) * p.rows + r;
+  const float4* o_part =
+      reinterpret_cast<const float4*>(p.o_accum + (int64_t(bm.w) * p.rows + r) * kDimV) + c4;
+  const int64_t piece_stride = int64_t(p.rows) * (kDimV / 4);  // in float4
+
+  float4 v[kUnroll];
+  float lv[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int s = g + u * kGroups;
+    v[u] = s < num_splits ? o_part[s * piece_stride] : make_float4(0.f, 0.f, 0.f, 0.f);
+    lv[u] = s < num_splits ? lse_part[int64_t(s) * p.rows] : -INFINITY;
   }
+
+  LseSum t;
+  for (int s = tid; s < num_splits; s += kThreads) t.add(lse_part[int64_t(s) * p.rows]);
+  t.warp_reduce();
+  if (tid % 32 == 0) red[tid / 32] = make_float2(t.m, t.s);
+  __syncthreads();
+  t = LseSum();
+#pragma unroll
+  for (int i = 0; i < kThreads / 32; ++i) t.merge(red[i].x, red[i].y);  // same order everywhere
+  const float base = t.base(), inv_sum = t.inv_sum();
+
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const float w = expf(lv[u] - base) * inv_sum;
+    if (w != 0.f) axpy(acc, w, v[u]);  // w == 0: empty piece or none (no 0 * inf)
+  }
+#pragma unroll 4
+  for (int s = g + kUnroll * kGroups; s < num_splits; s += kGroups) {
+    const float w = expf(lse_part[int64_t(s) * p.rows] - base) * inv_sum;
+    const float4 x = o_part[s * piece_stride];
+    if (w != 0.f) axpy(acc, w, x);
+  }
+
+  if constexpr (kGroups > 1) {
+    if (g > 0) partial[g - 1][c4] = acc;
+    __syncthreads();
+    if (g > 0) return;
+#pragma unroll
+    for (int i = 0; i < kGroups - 1; ++i) {
+      const float4 x = partial[i][c4];
+      acc.x += x.x;
+      acc.y += x.y;
+      acc.z += x.z;
+      acc.w += x.w;
+    }
+  }
+  *reinterpret_cast<uint2*>(out_row(p, b, r) + c4 * 4) = pack_bf16x4(acc);
+  if (tid == 0) *lse_out(p, b, r) = t.lse();
 }
 
 }  // namespace
 
 cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream) {
-  // Pieces per split sequence are about num_parts / batch + 1: spread them over warps when many.
-  const bool many_pieces = params.num_parts >= 8 * params.batch;
-  if (many_pieces) {
-    return launch_pdl(combine_kernel<1>, dim3(params.num_parts, params.rows), dim3(kWarps * 32), 0,
-                      stream, params);
+  // A split sequence has about num_parts / batch + 1 pieces. Many: a CTA per (sequence, row), with
+  // as many piece groups as keep the grid resident beside the decode kernel's tail (measured,
+  // docs/perf.md v7). Few: a warp per row.
+  const int pieces = params.num_parts / params.batch;
+  if (pieces >= 8) {
+    const dim3 grid(params.batch, params.rows);
+    if (pieces >= 64) return launch_pdl(combine_seq_kernel<4>, grid, dim3(512), 0, stream, params);
+    if (pieces >= 16) return launch_pdl(combine_seq_kernel<2>, grid, dim3(256), 0, stream, params);
+    return launch_pdl(combine_seq_kernel<1>, grid, dim3(128), 0, stream, params);
   }
-  const int row_blocks = (params.rows + kWarps - 1) / kWarps;
-  return launch_pdl(combine_kernel<kWarps>, dim3(params.num_parts, row_blocks), dim3(kWarps * 32),
+  const int row_blocks = (params.rows + kRowWarps - 1) / kRowWarps;
+  return launch_pdl(combine_rows_kernel, dim3(params.num_parts, row_blocks), dim3(kRowWarps * 32),
                     0, stream, params);
 }
 

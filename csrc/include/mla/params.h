@@ -15,6 +15,9 @@ constexpr int kMaxQTokens = 16;
 constexpr int kMaxHeads = 128;
 // Split-KV cost of one sequence = its pages + this many page-equivalents (Q load, epilogue).
 constexpr int kFixedCostPages = 2;
+// What the planner charges a part boundary that cuts a sequence, in pages (second prologue and
+// epilogue, fp32 partial, combine share; measured in docs/perf.md, v7).
+constexpr int kCutCostPages = 4;
 
 struct MetadataParams {
   const int* seqlens;  // [batch]

@@ -16,10 +16,12 @@ constexpr int kQBytes = kDimBlocks * kTileBytes;    // Q tile, 72 KB
 constexpr int kVColsPerWg = kDimV / kWarpGroups;    // O columns per warpgroup
 constexpr int kScoreTiles = kPageSize / 8;          // n8 tiles of a row's page scores
 
-// Named barriers (0 is __syncthreads). kBarS: warpgroup S alone. The others hand pages over
-// between the two warpgroups: one side arrives (bar.arrive), the other waits (bar.sync), except
-// kBarFree, where both wait.
-constexpr int kBarS = 1;
+// Named barriers (0 is __syncthreads), all over both warpgroups: they hand pages over between
+// them, one side arrives (bar.arrive) and the other waits (bar.sync), except kBarFree, where both
+// wait. Warpgroup S syncs alone on an mbarrier instead (tail zeroing): compute-sanitizer's
+// racecheck misreads a named barrier of 128 of the 256 threads followed by a cross-warpgroup
+// hand-off as a race (reproduced with a 40-line probe, docs/perf.md v7); an mbarrier it models.
+// (Id 1 is unused since.)
 constexpr int kBarReady = 2;  // S -> V: P(j) and alpha(j) are in shared memory
 constexpr int kBarSDone = 3;  // S -> V: S is done with page j (O[:, 0:256] += P(j) V_j finished)
 constexpr int kBarFree = 4;   // V and S: V is done with P(j) and page j (both wait)
@@ -29,9 +31,9 @@ constexpr int kOffQ = 0;
 constexpr int kOffKV = kOffQ + kQBytes;
 constexpr int kOffP = kOffKV + kStages * kPageBytes;  // P: [64 rows x 64 tokens] bf16, swizzled
 constexpr int kOffScale = kOffP + kTileBytes;         // alpha per row, [64] fp32
-constexpr int kOffML = kOffScale + kRows * 4;         // row max and row sum, [2][64] fp32
-constexpr int kOffBar = kOffML + 2 * kRows * 4;
-constexpr int kOffFlag = kOffBar + kStages * 8;
+constexpr int kOffML = kOffScale + kRows * 4;  // row max, row sum [2][64] fp32, poison flag
+constexpr int kOffBar = kOffML + 2 * kRows * 4 + 16;
+constexpr int kOffFlag = kOffBar + (kStages + 1) * 8;  // stage mbarriers, then warpgroup S's own
 constexpr int kSmemBytes = kOffFlag + 16 + kSwizzleAlign;
 
 static_assert(kSmemBytes <= 232448, "shared memory over the sm_90 limit");

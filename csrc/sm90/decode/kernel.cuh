@@ -122,6 +122,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&bars[s], 1);
+    ptx::mbarrier_init(&bars[kStages], 128);  // warpgroup S's barrier
     ptx::fence_mbarrier_init();
   }
   // Everything above overlaps the metadata kernel (programmatic dependent launch).
@@ -132,6 +133,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   uint32_t phase = 0;  // bit s: parity of the next completion of stage s (each warpgroup its own)
+  uint32_t tail_phase = 0;  // parity of the next completion of warpgroup S's barrier
   int issued = 0;      // pages consumed so far by this CTA: page n uses stage n % kStages
 
   for (int b = pm.x; b < pm.y; ++b) {
@@ -175,7 +177,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (valid < kPageSize) {
           zero_tail(skv + s * kPageBytes, valid, wtid, 128);
           ptx::fence_proxy_async_shared();
-          ptx::named_barrier_sync(kBarS, 128);
+          ptx::mbarrier_arrive(&bars[kStages]);
+          ptx::mbarrier_wait_parity(&bars[kStages], tail_phase);
+          tail_phase ^= 1;
         }
         issue_s(sacc, sq_addr, kv_addr(s));
         ptx::wgmma_commit();
@@ -219,6 +223,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
       }
       if (num_pages > 0) ptx::named_barrier_sync(kBarFree, kThreads);
+      // The poison flag travels with them: V's refills (before the last Free) may have set it,
+      // and V reads it here rather than from `bad`, which thread 0 resets for the next sequence.
+      const bool poisoned = *bad != 0;
       if ((lane & 3) == 0) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -226,8 +233,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           ml[kRows + row0 + 8 * h] = l[h];
         }
       }
+      if (wtid == 0) ml[2 * kRows] = poisoned ? 1.f : 0.f;
       ptx::named_barrier_arrive(kBarEnd, kThreads);
-      store_rows<kVColsPerWg / 8>(p, w, o, m, l, *bad != 0, m_tile * kRows + row0,
+      store_rows<kVColsPerWg / 8>(p, w, o, m, l, poisoned, m_tile * kRows + row0,
                                   2 * (lane & 3), (lane & 3) == 0);
     } else {
       for (int j = 0; j < num_pages; ++j) {
@@ -257,7 +265,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::named_barrier_sync(kBarEnd, kThreads);
       const float m[2] = {ml[row0], ml[row0 + 8]};
       const float l[2] = {ml[kRows + row0], ml[kRows + row0 + 8]};
-      store_rows<kVColsPerWg / 8>(p, w, o, m, l, *bad != 0, m_tile * kRows + row0,
+      store_rows<kVColsPerWg / 8>(p, w, o, m, l, ml[2 * kRows] != 0.f, m_tile * kRows + row0,
                                   kVColsPerWg + 2 * (lane & 3), false);
     }
     issued += num_pages;
