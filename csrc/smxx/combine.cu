@@ -7,9 +7,9 @@
 //   blocks), not the batch, and CTAs of parts that start no split sequence leave at once.
 // - Many pieces per sequence (a small batch over long contexts: up to ~num_parts pieces): one CTA
 //   per (sequence, row), kGroups x 128 threads (1, 2 or 4 groups by the expected piece count),
-//   each thread one float4 of the 512 columns and every kGroups-th piece. Its first kUnroll pieces are loaded before the row's LSE is reduced,
-//   so the merge costs about one round of memory latency after the decode kernel, not one per
-//   piece group.
+//   each thread one float4 of the 512 columns and every kGroups-th piece. Its first kUnroll
+//   pieces are loaded before the row's LSE is reduced, so the merge costs about one round of
+//   memory latency after the decode kernel, not one per piece group.
 #include <cmath>
 #include <cstdint>
 

@@ -8,7 +8,8 @@
 // b_begin = #{b : end_b <= q T}, b_end = #{b : first_unit_b < (q + 1) T}.
 //
 // Up to kSmemSeqs sequences, end_b and the unit of b's first page live in shared memory and every
-// part finds its range by binary search: one read of seqlens, two block scans, one write of each output.
+// part finds its range by binary search: one read of seqlens, two block scans, one write of each
+// output.
 // Larger batches take the same plan through global memory (atomics over the parts a sequence
 // touches), which is slower but has no size limit.
 #include <climits>
@@ -73,7 +74,8 @@ __device__ __forceinline__ int first_unit_of(int page0, int end) {
 // Number of leading sequences with key(b) < x, for a key non-decreasing in b: end_b, or the first
 // unit when kFirst.
 template <bool kFirst>
-__device__ __forceinline__ int count_below(const int* end_unit, const int* page0, int n, int64_t x) {
+__device__ __forceinline__ int count_below(const int* end_unit, const int* page0, int n,
+                                           int64_t x) {
   int lo = 0, hi = n;
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
@@ -192,8 +194,9 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   // Each part's range of sequences.
   for (int q = threadIdx.x; q < p.num_parts; q += kThreads) {
     int4 pm = part_bounds(q, per_part, total);
-    const int b_begin = count_below<false>(end_unit, page0_unit, p.batch, int64_t(q) * per_part + 1);
-    const int b_end = count_below<true>(end_unit, page0_unit, p.batch, int64_t(q + 1) * per_part);
+    const int64_t begin = int64_t(q) * per_part, end = int64_t(q + 1) * per_part;
+    const int b_begin = count_below<false>(end_unit, page0_unit, p.batch, begin + 1);
+    const int b_end = count_below<true>(end_unit, page0_unit, p.batch, end);
     if (b_begin < b_end) {
       pm.x = b_begin;
       pm.y = b_end;
