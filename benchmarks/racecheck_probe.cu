@@ -1,0 +1,97 @@
+// What compute-sanitizer's racecheck accepts as ordering between two warpgroups: warpgroup 0
+// writes a shared buffer, warpgroup 1 reads it, four rounds over two buffers (a barrier both
+// warpgroups sync on orders each read before the buffer's next write). Every variant is ordered
+// by the PTX rules; racecheck should report nothing for any of them.
+//
+//   nvcc -gencode=arch=compute_90a,code=sm_90a -O2 -lineinfo -o /tmp/racecheck_probe \
+//       benchmarks/racecheck_probe.cu && compute-sanitizer --tool racecheck /tmp/racecheck_probe
+//
+// H200, compute-sanitizer of CUDA 13.0, 2026-12-01 (docs/perf.md, v7): kArriveSync, kSyncSync,
+// kSyncThreads and kMbarrier are clean; kSubsetEveryRound and kSubsetFirstRound, where warpgroup
+// 0 also syncs on a named barrier of its own 128 threads before writing, are reported as races
+// (read after write, at the consumer's read), even when that barrier runs only in the first
+// round. That is why the decode kernel's warpgroup-local sync is an mbarrier.
+#include <cstdint>
+#include <cstdio>
+
+enum Mode {
+  kArriveSync,        // producer bar.arrive, consumer bar.sync (one named barrier, 256 threads)
+  kSyncSync,          // both bar.sync
+  kSyncThreads,       // both __syncthreads
+  kMbarrier,          // producer mbarrier.arrive (count 128), consumer try_wait on the phase
+  kSubsetEveryRound,  // kArriveSync, and warpgroup 0 syncs alone (bar.sync, 128) before writing
+  kSubsetFirstRound,  // the same, the warpgroup-0 barrier in the first round only
+};
+
+__device__ __forceinline__ void bar_sync(int id, int n) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ uint32_t smem(void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+template <Mode kMode>
+__global__ void probe(float* out) {
+  __shared__ float buf[2][128];
+  __shared__ uint64_t mbar[2];
+  const int tid = threadIdx.x;
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  const int t = tid % 128;
+  constexpr bool kSubset = kMode == kSubsetEveryRound || kMode == kSubsetFirstRound;
+  if (tid == 0) {
+    for (int i = 0; i < 2; ++i) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem(&mbar[i])), "r"(128));
+    }
+  }
+  __syncthreads();
+  float acc = 0.f;
+  for (int it = 0; it < 4; ++it) {
+    const int s = it & 1;
+    if (wg == 0) {
+      if (kSubset && (kMode == kSubsetEveryRound || it == 0)) bar_sync(3, 128);
+      buf[s][t] = float(it * 1000 + t);
+      if (kMode == kArriveSync || kSubset) bar_arrive(1, 256);
+      if (kMode == kSyncSync) bar_sync(1, 256);
+      if (kMode == kSyncThreads) __syncthreads();
+      if (kMode == kMbarrier) {
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem(&mbar[s])) : "memory");
+      }
+    } else {
+      if (kMode == kArriveSync || kMode == kSyncSync || kSubset) bar_sync(1, 256);
+      if (kMode == kSyncThreads) __syncthreads();
+      if (kMode == kMbarrier) {
+        asm volatile(
+            "{ .reg .pred p; W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1; @!p bra W; }"
+            ::"r"(smem(&mbar[s])), "r"((it >> 1) & 1) : "memory");
+      }
+      acc += buf[s][(t + 5) % 128];
+    }
+    // Both sides meet once per round: the read of buf[s] comes before its next write.
+    if (kMode == kSyncThreads) {
+      __syncthreads();
+    } else {
+      bar_sync(2, 256);
+    }
+  }
+  out[tid] = acc;
+}
+
+template <Mode kMode>
+void run(float* d, const char* name) {
+  probe<kMode><<<1, 256>>>(d);
+  std::printf("%-18s %s\n", name, cudaGetErrorString(cudaDeviceSynchronize()));
+}
+
+int main() {
+  float* d = nullptr;
+  cudaMalloc(&d, 256 * sizeof(float));
+  run<kArriveSync>(d, "arrive/sync");
+  run<kSyncSync>(d, "sync/sync");
+  run<kSyncThreads>(d, "__syncthreads");
+  run<kMbarrier>(d, "mbarrier");
+  run<kSubsetEveryRound>(d, "subset every round");
+  run<kSubsetFirstRound>(d, "subset first round");
+  cudaFree(d);
+  return 0;
+}
