@@ -66,6 +66,52 @@ def mla_decode_reference(
     return out, lse
 
 
+FIXED_COST_PAGES = 2  # kFixedCostPages: a sequence's prologue and epilogue, in page units
+CUT_COST_PAGES = 4  # kCutCostPages: what the planner charges a part boundary inside a sequence
+PLAN_SEARCH_MAX_SEQS = 4096  # kSmemSeqs: larger batches take the equal part size
+
+
+def split_kv_plan(
+    seqlens: Sequence[int], num_parts: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The split-KV plan ``get_decode_metadata`` computes, in Python (docs/design.md).
+
+    Returns ``(part_meta, batch_meta)`` as lists of ``[b_begin, b_end, S_p, E_p]`` per part and
+    ``[page0_off, first_part, num_splits, split_slot]`` per sequence, the values the GPU writes.
+    """
+    if num_parts < 1:
+        raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+    pages = [math.ceil(max(n, 0) / PAGE_SIZE) for n in seqlens]
+    ends, unit = [], 0
+    for p in pages:
+        unit += p + FIXED_COST_PAGES
+        ends.append(unit)
+    total = unit
+    # The unit of a sequence's first page, or its start when it has none.
+    firsts = [e - p if p > 0 else e - FIXED_COST_PAGES for e, p in zip(ends, pages, strict=True)]
+    per_part = max(-(-total // num_parts), 1)
+    if len(seqlens) <= PLAN_SEARCH_MAX_SEQS and 4 * len(seqlens) >= num_parts:
+
+        def price(t: int) -> tuple[int, int, int]:
+            cuts = sum((e - 1) // t - f // t for e, f in zip(ends, firsts, strict=True))
+            return t + CUT_COST_PAGES * -(-cuts // -(-total // t)), cuts, t
+
+        per_part = min(range(per_part, per_part + 16), key=price)
+    batch_meta, spans, slot = [], [], 0
+    for e, f, p in zip(ends, firsts, pages, strict=True):
+        first, last = f // per_part, (e - 1) // per_part
+        splits = last - first + 1
+        batch_meta.append([e - p, first, splits, slot])
+        slot += splits if splits > 1 else 0
+        spans.append((first, last))
+    part_meta = []
+    for q in range(num_parts):
+        touching = [b for b, (lo, hi) in enumerate(spans) if lo <= q <= hi]
+        b_range = [touching[0], touching[-1] + 1] if touching else [0, 0]
+        part_meta.append(b_range + [min(q * per_part, total), min((q + 1) * per_part, total)])
+    return part_meta, batch_meta
+
+
 def check_decode_output(
     out: torch.Tensor,
     lse: torch.Tensor,

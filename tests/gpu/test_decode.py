@@ -5,14 +5,18 @@ in unused block-table entries, and NaN in out/lse/workspace before the call so a
 element shows. Accuracy: reference.check_decode_output (FlashAttention-3's rule, cosine, LSE).
 """
 
-import itertools
 import random
 
 import pytest
 import torch
 
 from mla_backend import ops
-from mla_backend.reference import HEAD_DIM_V, check_decode_output, make_decode_inputs
+from mla_backend.reference import (
+    HEAD_DIM_V,
+    check_decode_output,
+    make_decode_inputs,
+    split_kv_plan,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -161,40 +165,6 @@ def test_metadata_invariants():
             assert touching == list(range(first_part, first_part + num_splits)), (num_parts, b)
 
 
-def reference_plan(seqlens: list[int], num_parts: int, cut_cost: int = 4):
-    """The split-KV plan of docs/design.md, in Python: (part_meta, batch_meta) as lists."""
-    fixed = 2  # kFixedCostPages
-    pages = [max(n, 0) // 64 + (max(n, 0) % 64 > 0) for n in seqlens]
-    total = sum(p + fixed for p in pages)
-    per_part = max(-(-total // num_parts), 1)
-    ends = list(itertools.accumulate(p + fixed for p in pages))
-    firsts = [e - p if p > 0 else e - fixed for e, p in zip(ends, pages, strict=True)]
-    if len(seqlens) <= 4096 and 4 * len(seqlens) >= num_parts:
-        # Up to 4096 sequences, the planner prices 16 part sizes: cuts inside sequences cost.
-        def price(t: int) -> tuple[int, int, int]:
-            cuts = sum((e - 1) // t - f // t for e, f in zip(ends, firsts, strict=True))
-            used = -(-total // t)
-            return t + cut_cost * -(-cuts // used), cuts, t
-
-        per_part = min(range(per_part, per_part + 16), key=price)
-    batch_meta, first_last, unit, slot = [], [], 0, 0
-    for p in pages:
-        page0 = unit + fixed
-        first = (page0 if p > 0 else unit) // per_part
-        last = max(first, (page0 + p - 1) // per_part)
-        splits = last - first + 1
-        batch_meta.append([page0, first, splits, slot])
-        slot += splits if splits > 1 else 0
-        first_last.append((first, last))
-        unit += p + fixed
-    part_meta = []
-    for q in range(num_parts):
-        touching = [b for b, (lo, hi) in enumerate(first_last) if lo <= q <= hi]
-        b_range = [touching[0], touching[-1] + 1] if touching else [0, 0]
-        part_meta.append(b_range + [min(q * per_part, total), min((q + 1) * per_part, total)])
-    return part_meta, batch_meta
-
-
 @pytest.mark.parametrize(
     ("batch", "num_parts"),
     [(1, 132), (7, 3), (64, 66), (300, 1000), (4096, 132), (4097, 132), (5000, 7)],
@@ -207,7 +177,7 @@ def test_metadata_matches_reference(batch, num_parts):
     part_meta = torch.full((num_parts, 4), -7, dtype=torch.int32, device="cuda")
     batch_meta = torch.full((batch, 4), -7, dtype=torch.int32, device="cuda")
     ops.get_decode_metadata(seqlens_t, part_meta, batch_meta)
-    ref_parts, ref_batches = reference_plan(seqlens, num_parts)
+    ref_parts, ref_batches = split_kv_plan(seqlens, num_parts)
     assert batch_meta.tolist() == ref_batches
     assert part_meta.tolist() == ref_parts
 

@@ -1,0 +1,79 @@
+"""The split-KV plan's contract, on the Python planner the GPU planner is tested against
+(tests/gpu/test_decode.py::test_metadata_matches_reference): what the decode and combine
+kernels and the workspace size rely on, and the part sizes docs/perf.md (v7) measured."""
+
+import random
+
+import pytest
+
+from mla_backend.reference import PAGE_SIZE, split_kv_plan
+
+
+def random_batch(rng: random.Random) -> tuple[list[int], int]:
+    batch = rng.choice([1, 2, 5, 8, 31, 32, 33, 64, 128, 500])
+    uniform = rng.random() < 0.3
+    length = rng.choice([1, 64, 1024, 4096, 16384])
+    seqlens = [
+        length if uniform else rng.choice([0, 1, 63, 64, 65, rng.randrange(1, 70000)])
+        for _ in range(batch)
+    ]
+    return seqlens, rng.choice([1, 2, 3, 33, 66, 132, 1000])
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_plan_contract(seed):
+    seqlens, num_parts = random_batch(random.Random(seed))
+    parts, batches = split_kv_plan(seqlens, num_parts)
+    assert len(parts) == num_parts and len(batches) == len(seqlens)
+    # Parts tile the units end to end, in order.
+    assert parts[0][2] == 0
+    for q in range(num_parts - 1):
+        assert parts[q][3] == parts[q + 1][2]
+    total = sum(-(-max(n, 0) // PAGE_SIZE) + 2 for n in seqlens)
+    assert parts[-1][3] == total
+    slots_used = 0
+    for b, (page0, first, splits, slot) in enumerate(batches):
+        touching = [q for q, part in enumerate(parts) if part[0] <= b < part[1]]
+        assert touching == list(range(first, first + splits)), "a sequence's parts are contiguous"
+        if splits > 1:
+            assert slot == slots_used, "split sequences take consecutive workspace slots"
+            slots_used += splits
+        # The sequence's pages all lie in its parts' units.
+        pages = -(-max(seqlens[b], 0) // PAGE_SIZE)
+        if pages:
+            assert parts[first][2] <= page0 < parts[first][3]
+            assert parts[first + splits - 1][2] < page0 + pages <= parts[first + splits - 1][3]
+    # decode_workspace allocates 2 * num_parts slots whatever the batch: a part holds at most
+    # two split pieces (its first and last sequence).
+    assert slots_used <= 2 * num_parts
+    for b_begin, b_end, _, _ in parts:
+        inner = [b for b in range(b_begin + 1, b_end - 1) if batches[b][2] > 1]
+        assert not inner, "only a part's first and last sequence may be split"
+
+
+@pytest.mark.parametrize(
+    ("batch", "length", "num_parts", "units_per_part", "split"),
+    [
+        (128, 4096, 132, 66, 0),  # 66 units each: one whole sequence per part, not two halves
+        (128, 4096, 66, 132, 0),  # two whole sequences per part
+        (128, 1024, 66, 36, 0),  # 18 units each: two per part instead of cuts at 35
+        (128, 16384, 132, 251, 128),  # 258 units: cutting costs less than 7 more units per part
+        (32, 4096, 132, 16, 32),  # batch * 4 < parts: equal parts, every sequence split
+        (1, 4096, 132, 1, 1),  # one page per part, 64 pieces
+    ],
+)
+def test_part_size(batch, length, num_parts, units_per_part, split):
+    parts, batches = split_kv_plan([length] * batch, num_parts)
+    assert parts[0][3] - parts[0][2] == units_per_part
+    assert sum(b[2] > 1 for b in batches) == split
+
+
+def test_large_batches_take_equal_parts():
+    # Above 4096 sequences the GPU plans through global memory, without the part-size search.
+    parts, _ = split_kv_plan([4096] * 5000, 4000)
+    assert parts[0][3] - parts[0][2] == -(-5000 * 66 // 4000)
+
+
+def test_rejects_no_parts():
+    with pytest.raises(ValueError, match="num_parts"):
+        split_kv_plan([10], 0)
