@@ -9,9 +9,9 @@
 //
 // Up to kSmemSeqs sequences, end_b and the unit of b's first page live in shared memory and every
 // part finds its range by binary search: one read of seqlens, two block scans, one write of each
-// output.
-// Larger batches take the same plan through global memory (atomics over the parts a sequence
-// touches), which is slower but has no size limit.
+// output; T may be priced up from the equal share (choose_units_per_part). Larger batches take
+// the equal share T0 through global memory (atomics over the parts a sequence touches), slower
+// but with no size limit.
 #include <climits>
 #include <cstdint>
 
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   }
 }
 
-// The same plan for any batch size, through global memory.
+// The equal-share plan (T = T0, no pricing) for any batch size, through global memory.
 __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const MetadataParams p) {
   __shared__ int warp_sums[32];
   ptx::griddep_launch_dependents();
