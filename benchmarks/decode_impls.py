@@ -116,7 +116,7 @@ class Ours(DecodeImpl):
         ops, c, dev = self._ops, data.case, data.device
         self.d = data
         self.causal = c.s_q > 1
-        num_parts = ops.num_decode_parts(c.rows, dev)
+        num_parts = ops.num_decode_parts(c.rows, dev, batch=c.batch)
         self.meta = self._meta_buffers(num_parts, c.batch, dev)  # kernel-only: filled once
         self.meta_step = self._meta_buffers(num_parts, c.batch, dev)  # whole: refilled per call
         ops.get_decode_metadata(data.seqlens, *self.meta)

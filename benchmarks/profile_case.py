@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--ctx", type=int, default=4096)
     p.add_argument("--sq", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--parts", type=int, default=0, help="num_parts (0: num_decode_parts)")
     args = p.parse_args()
 
     dev = "cuda"
@@ -35,7 +36,7 @@ def main() -> None:
     seqlens = torch.full((args.batch,), args.ctx, dtype=torch.int32, device=dev)
     q = torch.randn(args.batch, args.sq, args.heads, 576, device=dev).to(torch.bfloat16)
     rows = args.sq * args.heads
-    num_parts = ops.num_decode_parts(rows, dev)
+    num_parts = args.parts or ops.num_decode_parts(rows, dev, batch=args.batch)
     part_meta = torch.empty(num_parts, 4, dtype=torch.int32, device=dev)
     batch_meta = torch.empty(args.batch, 4, dtype=torch.int32, device=dev)
     o_accum, lse_accum = ops.decode_workspace(num_parts, rows, dev)

@@ -55,7 +55,7 @@ def fake_ours():
         lse.copy_(l_)
 
     return SimpleNamespace(
-        num_decode_parts=lambda rows, device=None: 4,
+        num_decode_parts=lambda rows, device=None, batch=None: 4,
         get_decode_metadata=lambda seqlens, pm, bm: (pm.zero_(), bm.zero_()),
         decode_workspace=lambda n, rows, device: (
             torch.empty(2 * n, rows, 512),

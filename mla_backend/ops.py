@@ -58,16 +58,31 @@ def _device_index(device: DeviceLike) -> int:
     return torch.cuda.current_device() if index is None else index
 
 
-def num_decode_parts(num_q_rows: int, device: DeviceLike = None) -> int:
+def num_decode_parts(num_q_rows: int, device: DeviceLike = None, batch: int | None = None) -> int:
     """Split-KV parts that fill the GPU once: ``max(1, num_sms // row_tiles)``.
 
-    ``row_tiles = ceil(num_q_rows / rows_per_cta(num_q_rows))`` CTAs run per part. Any value
-    >= 1 is correct; this one is the fast default. The SM count is cached per device.
+    ``row_tiles = ceil(num_q_rows / rows_per_cta(num_q_rows))`` CTAs run per part. With
+    ``batch`` given, ``parts_for_batch`` adjusts it for that batch size. Any value >= 1 is
+    correct; this one is the fast default. The SM count is cached per device.
     """
     if num_q_rows < 1:
         raise ValueError(f"num_q_rows must be >= 1, got {num_q_rows}")
     row_tiles = math.ceil(num_q_rows / rows_per_cta(num_q_rows))
-    return max(1, _num_sms(_device_index(device)) // row_tiles)
+    parts = max(1, _num_sms(_device_index(device)) // row_tiles)
+    return parts if batch is None else parts_for_batch(parts, num_q_rows, batch)
+
+
+def parts_for_batch(num_parts: int, num_q_rows: int, batch: int) -> int:
+    """``num_parts`` (``num_decode_parts`` without a batch) for a batch of ``batch`` sequences.
+
+    Half of it for a single sequence whose 17-64 query rows make one 64-row tile: its pieces
+    are expensive (64 fp32 rows each to write and to combine) and half as many measured 0.99-1.2x
+    faster at every context length on an H200; with more sequences, or with more or fewer rows,
+    the full count was faster or level (docs/perf.md, v8). Host-only: no tensor is read.
+    """
+    if batch == 1 and 16 < num_q_rows <= 64:
+        return max(1, num_parts // 2)
+    return num_parts
 
 
 def get_decode_metadata(seqlens: Tensor, part_meta: Tensor, batch_meta: Tensor) -> None:
@@ -104,7 +119,7 @@ def get_mla_metadata(
         num_q_tokens_per_head_k: ``s_q * h_q / num_heads_k``; rows per sequence are
             ``num_q_tokens_per_head_k * num_heads_k``.
         num_heads_k: KV heads (1 for MLA).
-        num_parts: split-KV parts; default ``num_decode_parts(rows, cache_seqlens.device)``.
+        num_parts: split-KV parts; default ``num_decode_parts(rows, cache_seqlens.device, B)``.
 
     Returns ``part_meta [num_parts, 4]`` and ``batch_meta [B, 4]``, int32 on the device of
     ``cache_seqlens``; pass them to ``flash_mla_with_kvcache`` as
@@ -113,7 +128,7 @@ def get_mla_metadata(
     rows = num_q_tokens_per_head_k * num_heads_k
     device = cache_seqlens.device
     if num_parts is None:
-        num_parts = num_decode_parts(rows, device)
+        num_parts = num_decode_parts(rows, device, batch=cache_seqlens.size(0))
     part_meta = torch.empty((num_parts, 4), dtype=torch.int32, device=device)
     batch_meta = torch.empty((cache_seqlens.size(0), 4), dtype=torch.int32, device=device)
     get_decode_metadata(cache_seqlens, part_meta, batch_meta)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mla_backend.ops import parts_for_batch
 from mla_backend.reference import HEAD_DIM_QK, HEAD_DIM_V
 
 Tensor = torch.Tensor
@@ -135,8 +136,8 @@ def map_decode(
             f"decode batch of {batch} x {s_q} query tokens exceeds the buffers "
             f"({buffers.max_batch} x {buffers.max_s_q})"
         )
-    num_parts = buffers.num_parts[s_q - 1]
     rows = s_q * buffers.num_heads
+    num_parts = parts_for_batch(buffers.num_parts[s_q - 1], rows, batch)
     slots = 2 * num_parts
     return DecodeArgs(
         s_q=s_q,

@@ -103,6 +103,18 @@ def test_num_decode_parts(monkeypatch, rows, parts):
     assert ops.num_decode_parts(rows) == parts
 
 
+@pytest.mark.parametrize(
+    ("rows", "batch", "parts"),
+    [(16, 1, 132), (17, 1, 66), (32, 1, 66), (64, 1, 66), (65, 1, 66), (128, 1, 66),
+     (32, 2, 132), (64, 8, 132), (32, None, 132)],
+)  # fmt: skip
+def test_num_decode_parts_for_batch(monkeypatch, rows, batch, parts):
+    # One sequence on one 64-row tile takes half the parts (measured, docs/perf.md v8).
+    monkeypatch.setattr(ops, "_num_sms", lambda index: H200_SMS)
+    monkeypatch.setattr(ops, "_device_index", lambda device: 0)
+    assert ops.num_decode_parts(rows, batch=batch) == parts
+
+
 def test_num_decode_parts_needs_rows():
     with pytest.raises(ValueError, match="num_q_rows"):
         ops.num_decode_parts(0)

@@ -79,7 +79,7 @@ def vllm_decode_slice(query_lens, seq_lens, *, threshold, num_real=None, max_pag
 
 
 def check_views(args, bufs, batch, s_q):
-    parts = num_parts_for_rows(s_q * HEADS)
+    parts = ops.parts_for_batch(num_parts_for_rows(s_q * HEADS), s_q * HEADS, batch)
     assert args.batch == batch and args.s_q == s_q and args.causal == (s_q > 1)
     assert args.part_meta.shape == (parts, 4)
     assert args.batch_meta.shape == (batch, 4)
@@ -133,6 +133,18 @@ def test_several_query_tokens_per_request(query_lens, num_decodes):
     view = decode_query_view(q[:tokens], args)
     for b in range(num_decodes):
         assert torch.equal(view[b], q[qsl[b] : qsl[b + 1]])
+
+
+def test_single_request_takes_half_the_parts():
+    # One request of 2 tokens x 16 heads = 32 rows (one 64-row tile): half the parts, views of
+    # the same buffers; two requests: all of them.
+    bufs = buffers()
+    for num in (1, 2):
+        block_table, seq_lens_d, _, tokens = vllm_decode_slice([2] * num, [90] * num, threshold=2)
+        args = map_decode(block_table, seq_lens_d, tokens, bufs)
+        full = num_parts_for_rows(2 * HEADS)
+        assert args.part_meta.shape[0] == (full // 2 if num == 1 else full)
+        check_views(args, bufs, batch=num, s_q=2)
 
 
 def test_padded_cuda_graph_batch():
