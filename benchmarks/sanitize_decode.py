@@ -1,12 +1,15 @@
 """A few decode calls for compute-sanitizer: every kernel path on small, awkward shapes.
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize_decode.py
-    compute-sanitizer --tool racecheck python benchmarks/sanitize_decode.py
+    compute-sanitizer --tool racecheck python benchmarks/sanitize_decode.py --no-check
 
 Each case runs metadata + decode once (the 64-row kernel, the swap-AB kernel, split and unsplit
-sequences, partial pages, empty sequences, s_q > 1 with causal masking, several row tiles) and
+sequences, partial pages, empty sequences, s_q > 1 with causal masking, several row tiles; the
+planner's part-size search and its global-memory path over 4096 sequences) and
 checks the result against the fp32 reference, so a run that the tool passes also computed the
-right thing. Exit status 1 if a check fails.
+right thing. Exit status 1 if a check fails. ``--no-check`` (for racecheck) skips the reference,
+which is slow under racecheck and whose cuBLAS matmuls draw reports that are not ours, and the
+cases of more than 64 sequences (the 4101-sequence one outlasts a 4-minute cap there).
 """
 
 import sys
@@ -29,12 +32,18 @@ CASES = [
     ([700, 65], 2, 64, 5),
     ([200, 3], 4, 32, 2),
     ([129], 1, 3, 1),
+    ([700] * 40 + [5, 0], 1, 16, None),  # batch * 4 >= num_parts: the part-size search runs
+    ([300, 2000] * 20, 2, 64, None),
+    ([1, 70, 0, 130] * 1025 + [3000], 1, 16, None),  # 4101 sequences: the metadata kernel
 ]
 
 
 def main() -> int:
+    check = "--no-check" not in sys.argv[1:]
     failures = 0
     for seed, (seqlens, s_q, h_q, num_parts) in enumerate(CASES):
+        if not check and len(seqlens) > 64:
+            continue
         gen = torch.Generator(device="cuda").manual_seed(seed)
         inputs = make_decode_inputs(seqlens, s_q, h_q, device="cuda", generator=gen)
         rows = s_q * h_q
@@ -49,16 +58,22 @@ def main() -> int:
             SCALE, causal, out, lse, o_accum, lse_accum,
         )  # fmt: skip
         torch.cuda.synchronize()
-        try:
-            check_decode_output(
-                out, lse, inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE,
-                causal,
-            )  # fmt: skip
-            status = "ok"
-        except AssertionError as err:
-            failures += 1
-            status = f"FAIL {str(err).splitlines()[0]}"
-        print(f"seqlens={seqlens} s_q={s_q} h_q={h_q} num_parts={num_parts}: {status}", flush=True)
+        status = "ran, not checked"
+        if check:
+            # Large batches: a sample of sequences (the reference runs per sequence, slowly under
+            # the sanitizers), the last one among them.
+            keep = sorted(set(range(0, batch, max(1, batch // 24))) | {batch - 1})
+            try:
+                check_decode_output(
+                    out[keep], lse[keep], inputs.q[keep], inputs.kv_cache,
+                    inputs.block_table[keep], inputs.seqlens[keep], SCALE, causal,
+                )  # fmt: skip
+                status = "ok"
+            except AssertionError as err:
+                failures += 1
+                status = f"FAIL {str(err).splitlines()[0]}"
+        shown = seqlens if batch <= 8 else f"{batch} sequences"
+        print(f"seqlens={shown} s_q={s_q} h_q={h_q} num_parts={num_parts}: {status}", flush=True)
     return 1 if failures else 0
 
 
