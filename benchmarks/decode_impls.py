@@ -116,7 +116,7 @@ class Ours(DecodeImpl):
         ops, c, dev = self._ops, data.case, data.device
         self.d = data
         self.causal = c.s_q > 1
-        num_parts = ops.num_decode_parts(c.rows, dev, batch=c.batch)
+        num_parts = self._num_parts(c, dev)
         self.meta = self._meta_buffers(num_parts, c.batch, dev)  # kernel-only: filled once
         self.meta_step = self._meta_buffers(num_parts, c.batch, dev)  # whole: refilled per call
         ops.get_decode_metadata(data.seqlens, *self.meta)
@@ -128,6 +128,10 @@ class Ours(DecodeImpl):
         ]
         self.lse = [torch.empty(shape, dtype=torch.float32, device=dev) for _ in range(data.n_sets)]
         self.note = f"num_parts={num_parts}"
+
+    def _num_parts(self, case: Case, dev: torch.device) -> int:
+        """The split-KV part count (the library's default; benchmarks/ab_variants.py varies it)."""
+        return self._ops.num_decode_parts(case.rows, dev, batch=case.batch)
 
     @staticmethod
     def _meta_buffers(num_parts: int, batch: int, dev: torch.device) -> tuple[Tensor, Tensor]:
