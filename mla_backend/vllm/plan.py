@@ -26,7 +26,8 @@ class DecodeBuffers:
 
     num_heads: int
     max_batch: int
-    num_parts: tuple[int, ...]  # split-KV parts for s_q = 1, 2, ..., max_s_q
+    num_parts: tuple[int, ...]  # split-KV parts for s_q = 1, 2, ..., max_s_q (a batch of one
+    # may take fewer: ops.parts_for_batch)
     part_meta: Tensor  # int32 [max(num_parts), 4]
     batch_meta: Tensor  # int32 [max_batch, 4]
     o_accum: Tensor  # fp32, flat, the largest 2 * num_parts * rows * 512 over s_q
