@@ -20,7 +20,6 @@ SOURCES = [
     "csrc/ops/metadata.cpp",
     "csrc/sm90/launch_utils.cu",
     "csrc/sm90/decode/launch.cu",
-    "csrc/sm90/decode_swapab/launch.cu",
     "csrc/smxx/combine.cu",
     "csrc/smxx/metadata.cu",
 ]

@@ -3,8 +3,8 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitize_decode.py
     compute-sanitizer --tool racecheck python benchmarks/sanitize_decode.py --no-check
 
-Each case runs metadata + decode once (the 64-row kernel, the swap-AB kernel, split and unsplit
-sequences, partial pages, empty sequences, s_q > 1 with causal masking, several row tiles; the
+Each case runs metadata + decode once (3 to 128 query rows, one or several 64-row tiles, split
+and unsplit sequences, partial pages, empty sequences, s_q > 1 with causal masking; the
 planner's part-size search and its global-memory path over 4096 sequences) and
 checks the result against the fp32 reference, so a run that the tool passes also computed the
 right thing. Exit status 1 if a check fails. ``--no-check`` (for racecheck) skips the reference,

@@ -42,10 +42,13 @@ def is_supported(device: DeviceLike = None) -> tuple[bool, str]:
 def rows_per_cta(num_q_rows: int) -> int:
     """Query rows one CTA of the decode kernel handles, for ``num_q_rows = s_q * h_q``.
 
-    Mirrors ``decode_rows_per_cta`` in csrc/include/mla/api.h: up to 16 rows run one swap-AB
-    tile of 16 rows, more rows run tiles of 64.
+    Mirrors ``kDecodeRowsPerCta`` in csrc/include/mla/api.h: every row count runs tiles of 64
+    rows (fewer rows are padded; on an H200 that measured faster than the swap-AB tile of 16 rows
+    it replaced, docs/perf.md v9). ``num_q_rows`` must be >= 1.
     """
-    return 16 if num_q_rows <= 16 else 64
+    if num_q_rows < 1:
+        raise ValueError(f"num_q_rows must be >= 1, got {num_q_rows}")
+    return 64
 
 
 @functools.cache
@@ -75,12 +78,13 @@ def num_decode_parts(num_q_rows: int, device: DeviceLike = None, batch: int | No
 def parts_for_batch(num_parts: int, num_q_rows: int, batch: int) -> int:
     """``num_parts`` (``num_decode_parts`` without a batch) for a batch of ``batch`` sequences.
 
-    Half of it for a single sequence whose 17-64 query rows make one 64-row tile: its pieces
-    are expensive (64 fp32 rows each to write and to combine) and half as many measured 0.99-1.2x
-    faster at every context length on an H200; with more sequences, or with more or fewer rows,
-    the full count was faster or level (docs/perf.md, v8). Host-only: no tensor is read.
+    Half of it for a single sequence whose query rows make one 64-row tile (at most 64): its
+    pieces are expensive (64 fp32 rows each to write and to combine) and half as many measured
+    0.99-1.2x faster on an H200 at every context length with 17-64 rows (docs/perf.md, v8) and
+    1.00-1.10x with 8-16 rows at 1k-16k tokens, 0.97x at 32k (v9); with more sequences or more
+    rows the full count was faster or level. Host-only: no tensor is read.
     """
-    if batch == 1 and 16 < num_q_rows <= 64:
+    if batch == 1 and num_q_rows <= 64:
         return max(1, num_parts // 2)
     return num_parts
 

@@ -146,15 +146,12 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.h_q = static_cast<int>(q.size(2));
   p.rows = p.s_q * p.h_q;
   p.num_parts = static_cast<int>(part_meta.size(0));
-  const int rows_per_cta = decode_rows_per_cta(p.rows);
-  p.num_m_tiles = (p.rows + rows_per_cta - 1) / rows_per_cta;
+  p.num_m_tiles = (p.rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
   p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
   p.causal = causal;
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  // The one place the row count picks a kernel.
-  cudaError_t err =
-      rows_per_cta == 16 ? run_decode_swapab(p, stream) : run_decode_main(p, stream);
+  cudaError_t err = run_decode_main(p, stream);
   TORCH_CHECK(err == cudaSuccess, "mla_backend decode kernel failed to launch: ",
               cudaGetErrorString(err));
   err = run_combine(p, stream);

@@ -1,4 +1,4 @@
-// A KV page in shared memory as both sm90 decode kernels hold it: nine 128B-swizzled atom columns
+// A KV page in shared memory as the sm90 decode kernel holds it: nine 128B-swizzled atom columns
 // of [64 tokens x 64 dims], written by TMA. The same tile is the K operand of S = Q K^T
 // (K-major) and the V operand of O += P V (MN-major).
 #pragma once

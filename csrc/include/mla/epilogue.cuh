@@ -1,4 +1,4 @@
-// Shared epilogue of the decode kernels: normalise a thread's two accumulator rows and store them,
+// Epilogue of the decode kernel: normalise a thread's two accumulator rows and store them,
 // bf16 to `out` for an unsplit sequence, fp32 to the workspace slot for a split one.
 #pragma once
 

@@ -6,7 +6,8 @@
 
 namespace mla::sm90::decode {
 
-constexpr int kRows = 64;  // one m64 wgmma tile of query rows
+constexpr int kRows = kDecodeRowsPerCta;  // one m64 wgmma tile of query rows
+static_assert(kRows == 64, "the kernel is written for m64 wgmma tiles");
 constexpr int kWarpGroups = 2;
 constexpr int kThreads = kWarpGroups * 128;
 constexpr int kWgS = 0;  // computes S and the softmax for the whole page, owns O[:, 0:256]
