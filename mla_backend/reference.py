@@ -69,6 +69,7 @@ def mla_decode_reference(
 FIXED_COST_PAGES = 2  # kFixedCostPages: a sequence's prologue and epilogue, in page units
 CUT_COST_PAGES = 4  # kCutCostPages: what the planner charges a part boundary inside a sequence
 PLAN_SEARCH_MAX_SEQS = 4096  # kSmemSeqs: larger batches take the equal part size
+MAX_PLAN_UNITS = 1 << 30  # kMaxPlanUnits: the planner's unit sums stay in int32
 
 
 def split_kv_plan(
@@ -81,7 +82,10 @@ def split_kv_plan(
     """
     if num_parts < 1:
         raise ValueError(f"num_parts must be >= 1, got {num_parts}")
-    pages = [math.ceil(max(n, 0) / PAGE_SIZE) for n in seqlens]
+    # Planned pages: capped so that the batch's units fit MAX_PLAN_UNITS (only garbage lengths,
+    # over 2^36 tokens in all, reach the cap; the kernel still runs each sequence to its end).
+    cap = max(MAX_PLAN_UNITS // max(len(seqlens), 1) - FIXED_COST_PAGES, 1)
+    pages = [min(math.ceil(max(n, 0) / PAGE_SIZE), cap) for n in seqlens]
     ends, unit = [], 0
     for p in pages:
         unit += p + FIXED_COST_PAGES

@@ -1,4 +1,5 @@
 // torch op decode: validate -> guard -> fill DecodeParams -> main kernel -> combine. Never allocates, never syncs with the host.
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -127,7 +128,7 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.num_pages = static_cast<int>(kv_cache.size(0));
   p.block_table = block_table.data_ptr<int>();
   p.block_table_stride = block_table.stride(0);
-  p.max_pages = static_cast<int>(block_table.size(1));
+  p.max_pages = static_cast<int>(std::min<int64_t>(block_table.size(1), kMaxTablePages));
   p.seqlens = seqlens.data_ptr<int>();
   p.part_meta = part_meta.data_ptr<int>();
   p.batch_meta = batch_meta.data_ptr<int>();

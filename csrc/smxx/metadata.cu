@@ -51,8 +51,10 @@ __device__ int block_inclusive_scan(int v, int& total, int* warp_sums) {
   return v;
 }
 
-__device__ __forceinline__ int num_pages_of(const int* seqlens, int b) {
-  return (max(seqlens[b], 0) + kPageSize - 1) / kPageSize;
+// Planned pages of sequence b: its pages, capped so that the batch's units fit (kMaxPlanUnits).
+__device__ __forceinline__ int num_pages_of(const MetadataParams& p, int b) {
+  const int cap = max(kMaxPlanUnits / max(p.batch, 1) - kFixedCostPages, 1);
+  return min(pages_of(p.seqlens[b]), cap);
 }
 
 // Units per part: an equal share of the total.
@@ -161,7 +163,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   int carry = 0;
   for (int base = 0; base < p.batch; base += kThreads) {
     const int b = base + threadIdx.x;
-    const int pages = b < p.batch ? num_pages_of(p.seqlens, b) : 0;
+    const int pages = b < p.batch ? num_pages_of(p, b) : 0;
     const int cost = b < p.batch ? pages + kFixedCostPages : 0;
     int chunk_total;
     const int end = carry + block_inclusive_scan(cost, chunk_total, warp_sums);
@@ -216,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
   int carry = 0;
   for (int base = 0; base < p.batch; base += kThreads) {
     const int b = base + threadIdx.x;
-    const int cost = b < p.batch ? num_pages_of(p.seqlens, b) + kFixedCostPages : 0;
+    const int cost = b < p.batch ? num_pages_of(p, b) + kFixedCostPages : 0;
     int chunk_total;
     const int incl = block_inclusive_scan(cost, chunk_total, warp_sums);
     if (b < p.batch) batch_meta[b].x = carry + incl - cost + kFixedCostPages;
@@ -238,7 +240,7 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
     const int b = base + threadIdx.x;
     int first = 0, last = 0, splits = 0;
     if (b < p.batch) {
-      const int pages = num_pages_of(p.seqlens, b);
+      const int pages = num_pages_of(p, b);
       const int page0 = batch_meta[b].x;
       first = (pages > 0 ? page0 : page0 - kFixedCostPages) / per_part;
       last = (page0 + pages - 1) / per_part;

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mla_backend.reference import PAGE_SIZE, split_kv_plan
+from mla_backend.reference import MAX_PLAN_UNITS, PAGE_SIZE, split_kv_plan
 
 
 def random_batch(rng: random.Random) -> tuple[list[int], int]:
@@ -72,6 +72,26 @@ def test_large_batches_take_equal_parts():
     # Above 4096 sequences the GPU plans through global memory, without the part-size search.
     parts, _ = split_kv_plan([4096] * 5000, 4000)
     assert parts[0][3] - parts[0][2] == -(-5000 * 66 // 4000)
+
+
+@pytest.mark.parametrize("batch", [1, 64, 100, 5000])
+def test_garbage_lengths_keep_the_plan_in_int32(batch):
+    # Lengths near INT_MAX (2^25 pages each) would sum past int32 in the GPU planner's units:
+    # the planned pages are capped so the total stays below MAX_PLAN_UNITS, and the plan still
+    # tiles the units, keeps every slot inside the 2 * num_parts workspace, and marks every
+    # sequence's first and last part.
+    seqlens = [2**31 - 1] * batch + [700, 0, 65]
+    num_parts = 132
+    parts, batches = split_kv_plan(seqlens, num_parts)
+    total = parts[-1][3]
+    assert total <= MAX_PLAN_UNITS and all(0 <= p[2] <= p[3] <= total for p in parts)
+    slots = [slot + s for _, first, splits, slot in batches if splits > 1 for s in range(splits)]
+    assert all(0 <= s < 2 * num_parts for s in slots)
+    for b, (_, first, splits, _) in enumerate(batches):
+        touching = [q for q, part in enumerate(parts) if part[0] <= b < part[1]]
+        assert touching == list(range(first, first + splits)) and splits >= 1
+    # Real lengths are not capped: the cap is 2^30 // batch - 2 pages per sequence.
+    assert split_kv_plan([2**20] * 100, 132)[0][-1][3] == 100 * (2**20 // PAGE_SIZE + 2)
 
 
 def test_rejects_no_parts():

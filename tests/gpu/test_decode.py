@@ -182,6 +182,36 @@ def test_metadata_matches_reference(batch, num_parts):
     assert part_meta.tolist() == ref_parts
 
 
+@pytest.mark.parametrize("batch", [66, 5000])
+def test_metadata_garbage_lengths_match_reference(batch):
+    # Lengths near INT_MAX sum past int32 in pages: both planners cap the planned pages (through
+    # shared memory up to 4096 sequences, global memory beyond) and agree.
+    seqlens = ([2**31 - 1, 5, 2**31 - 64, 2**30] * batch)[:batch]
+    seqlens_t = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
+    part_meta = torch.full((132, 4), -7, dtype=torch.int32, device="cuda")
+    batch_meta = torch.full((batch, 4), -7, dtype=torch.int32, device="cuda")
+    ops.get_decode_metadata(seqlens_t, part_meta, batch_meta)
+    ref_parts, ref_batches = split_kv_plan(seqlens, 132)
+    assert batch_meta.tolist() == ref_batches
+    assert part_meta.tolist() == ref_parts
+
+
+@pytest.mark.parametrize("h_q", [16, 128])
+def test_garbage_lengths_poison_only_their_sequences(h_q):
+    # Lengths far past the block table (2^31 - 1 tokens, 2^25 pages, in 70 of 72 sequences):
+    # the plan stays in range, no page past the table is read, the kernel stops at the table's
+    # end instead of walking 2^25 pages, those sequences come out NaN and the others are right.
+    inputs = make_decode_inputs([700, 130] + [1] * 70, 1, h_q, device="cuda", generator=gen(12))
+    inputs.seqlens[2:] = 2**31 - 1
+    out, lse = run_decode(inputs, causal=True)
+    assert out[2:].float().isnan().all() and lse[2:].isnan().all()
+    keep = [0, 1]
+    check_decode_output(
+        out[keep], lse[keep], inputs.q[keep], inputs.kv_cache, inputs.block_table[keep],
+        inputs.seqlens[keep], SCALE, True,
+    )  # fmt: skip
+
+
 def test_opcheck():
     inputs = make_decode_inputs([100, 0, 70], 2, 16, device="cuda", generator=gen(7))
     part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, 32)

@@ -18,6 +18,20 @@ constexpr int kFixedCostPages = 2;
 // What the planner charges a part boundary that cuts a sequence, in pages (second prologue and
 // epilogue, fp32 partial, combine share; measured in docs/perf.md, v7).
 constexpr int kCutCostPages = 4;
+// The planner's units (pages plus fixed costs, summed over the batch in int32) stay below this:
+// a batch whose lengths would add up to more (over 2^36 tokens, far past any real cache: garbage
+// lengths) has each sequence's planned pages capped at kMaxPlanUnits / batch - kFixedCostPages.
+// Only the split changes; the part holding a sequence's end still runs to its last page.
+constexpr int kMaxPlanUnits = 1 << 30;
+// Block-table width the kernel reads at most: page * 64 stays in int32 (a longer table is read
+// up to here; an int32 length never needs more than 2^25 pages).
+constexpr int kMaxTablePages = (1 << 25) - 1;
+
+// Pages of a sequence of `seqlen` tokens (0 when seqlen <= 0), without the overflow of
+// (seqlen + 63) / 64 near INT_MAX.
+__host__ __device__ constexpr int pages_of(int seqlen) {
+  return seqlen <= 0 ? 0 : (seqlen - 1) / kPageSize + 1;
+}
 
 struct MetadataParams {
   const int* seqlens;  // [batch]

@@ -19,7 +19,9 @@ __device__ __forceinline__ SeqWork seq_work(const DecodeParams& p, int part, int
   SeqWork w;
   w.batch = b;
   w.seqlen = max(p.seqlens[b], 0);
-  const int num_pages = (w.seqlen + kPageSize - 1) / kPageSize;
+  // Pages past the block table are unreadable (the sequence comes out NaN): the first of them is
+  // enough to say so, however long the length claims the sequence is.
+  const int num_pages = min(pages_of(w.seqlen), p.max_pages + 1);
   const int first = bm.y;
   w.num_splits = bm.z;
   const int last = first + w.num_splits - 1;
