@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if REPO_ROOT not in sys.path:
+    # Appended, not inserted: a package on PYTHONPATH (another build to compare) still wins.
+    sys.path.append(REPO_ROOT)
 
 from bench_utils import (  # noqa: E402
     Case,

@@ -6,7 +6,9 @@ Run: ``python -m pytest benchmarks/test_ab_variants.py``.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,24 @@ def test_run_end_to_end_with_stand_ins(monkeypatch):
     ]
     assert all(r["speedup"] == 1.0 and r["max_diff"] == 0 and r["num_parts"] == 4 for r in rows)
     assert set(seen) == {None, "1"} and os.environ.get("MLA_FAKE_KNOB") is None
+
+
+def test_a_build_on_pythonpath_wins(tmp_path):
+    # Comparing two builds runs this script twice, the other build's package first on
+    # PYTHONPATH: the repository it sits in must not shadow that package (it did, 2026-12-01).
+    fake = tmp_path / "mla_backend"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("WHICH = 'the PYTHONPATH build'\n")
+    script = Path(__file__).with_name("ab_variants.py")
+    code = (
+        "import runpy, sys; runpy.run_path(sys.argv[1], run_name='ab_variants'); "
+        "import mla_backend; print(mla_backend.WHICH)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    elsewhere = tmp_path / "cwd"  # not the fake's folder: sys.path[0] of -c is the cwd
+    elsewhere.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(script)],
+        env=env, cwd=elsewhere, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "the PYTHONPATH build"
