@@ -76,7 +76,14 @@ NUM_SPEC_TOKENS = 3
 # |logprob difference|. Logits are bf16: from 16 to 32 they move in steps of 1/8, so a max
 # over ~1000 values sees a step or two; a wrong attention moves the mean by much more.
 MARGIN_MEAN, MARGIN_MAX = 0.01, 0.25
-ABS_MEAN, ABS_MAX = 0.03, 0.5  # used when no noise-floor run is available
+# Without a noise-floor run (its variant skipped by the deadline, or excluded): the same rule
+# applied to the largest floor recorded on H200s (FLASHMLA vs default, decode, 16 and 128 heads,
+# TP 1 and 2, 2026-11-28 and 2026-12-01: mean 0.0286-0.0345, max 0.177-0.183; docs/vllm.md). The
+# old fixed mean bound, 0.03, sat below that floor and failed a run whose floor-judged twin
+# passed.
+RECORDED_FLOOR = {"mean": 0.0345, "max": 0.183}
+ABS_MEAN = 2 * RECORDED_FLOOR["mean"] + MARGIN_MEAN
+ABS_MAX = 2 * RECORDED_FLOOR["max"] + MARGIN_MAX
 # NVLink multicast off in NCCL, PyTorch and NVSHMEM (shared multi-GPU hosts): set for the
 # children where unset; each rank's re-draw line reports them. vLLM's torch-symm-mem all-reduce
 # is off too (it would only ask for multicast; its custom all-reduce uses CUDA IPC).

@@ -43,3 +43,13 @@ def test_decode_line_after_a_progress_bar_on_the_same_line():
 
 def test_unprefixed_text_is_not_a_worker():
     assert ranks_seen(["plain text " + DECODE.format(heads=16)]) == {}
+
+
+def test_without_a_floor_the_rule_uses_the_recorded_floor():
+    # graph-h16 with the v9 kernels (2026-12-01): 0.0323 / 0.183 passed against its floor
+    # (0.0286 / 0.183) and must pass without one; a clearly wrong attention must not.
+    ours = {"mean": 0.0323, "max": 0.183}
+    assert vllm_e2e.within(ours, {"mean": 0.0286, "max": 0.183})
+    assert vllm_e2e.within(ours, None)
+    assert not vllm_e2e.within({"mean": 0.2, "max": 0.183}, None)
+    assert not vllm_e2e.within({"mean": 0.03, "max": 1.5}, None)
