@@ -10,7 +10,8 @@
 // kSyncThreads and kMbarrier are clean; kSubsetEveryRound and kSubsetFirstRound, where warpgroup
 // 0 also syncs on a named barrier of its own 128 threads before writing, are reported as races
 // (read after write, at the consumer's read), even when that barrier runs only in the first
-// round. That is why the decode kernel's warpgroup-local sync is an mbarrier.
+// round. That is why the decode kernel's warpgroup-local sync is an mbarrier. probe_epilogue
+// (added for v9's staged epilogue, below) has not been run yet.
 #include <cstdint>
 #include <cstdio>
 
@@ -77,6 +78,39 @@ __global__ void probe(float* out) {
   out[tid] = acc;
 }
 
+// The 64-row kernel's staged epilogue in small (docs/perf.md v9: racecheck reported its tile's
+// writes and reads as races across the __syncthreads between them; not yet run). Per round,
+// warpgroup 0 arrives on a named barrier and writes its half of each row of a tile, warpgroup 1
+// syncs on that barrier and writes the other half, a __syncthreads, then every thread reads a
+// row the other warpgroup wrote, and a __syncthreads before the next round's writes. kAligned:
+// the tile sits in dynamic shared memory behind the kernel's uintptr_t alignment, so its
+// accesses compile to generic ST/LD; otherwise a plain __shared__ array (STS/LDS).
+template <bool kAligned>
+__global__ void probe_epilogue(float* out) {
+  __shared__ float plain[16][257];
+  extern __shared__ uint8_t dyn_raw[];
+  float* tile = kAligned ? reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(dyn_raw) + 1023) &
+                                                    ~uintptr_t(1023))
+                         : &plain[0][0];
+  constexpr int kPitch = 257;
+  const int tid = threadIdx.x;
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  const int t = tid % 128;
+  float acc = 0.f;
+  for (int it = 0; it < 4; ++it) {
+    if (wg == 0) {
+      bar_arrive(5, 256);
+    } else {
+      bar_sync(5, 256);
+    }
+    for (int r = 0; r < 16; ++r) tile[r * kPitch + wg * 128 + t] = float(it * 1000 + r + t);
+    __syncthreads();  // the tile is written
+    for (int r = 0; r < 16; ++r) acc += tile[r * kPitch + (1 - wg) * 128 + t];
+    __syncthreads();  // read before the next round's writes
+  }
+  out[tid] = acc;
+}
+
 template <Mode kMode>
 void run(float* d, const char* name) {
   probe<kMode><<<1, 256>>>(d);
@@ -92,6 +126,10 @@ int main() {
   run<kMbarrier>(d, "mbarrier");
   run<kSubsetEveryRound>(d, "subset every round");
   run<kSubsetFirstRound>(d, "subset first round");
+  probe_epilogue<false><<<1, 256>>>(d);
+  std::printf("%-18s %s\n", "epilogue, STS/LDS", cudaGetErrorString(cudaDeviceSynchronize()));
+  probe_epilogue<true><<<1, 256, 16 * 257 * 4 + 1024>>>(d);
+  std::printf("%-18s %s\n", "epilogue, generic", cudaGetErrorString(cudaDeviceSynchronize()));
   cudaFree(d);
   return 0;
 }
