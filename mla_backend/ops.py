@@ -84,7 +84,7 @@ def parts_for_batch(num_parts: int, num_q_rows: int, batch: int) -> int:
     1.00-1.10x with 8-16 rows at 1k-16k tokens, 0.97x at 32k (v9); with more sequences or more
     rows the full count was faster or level. Host-only: no tensor is read.
     """
-    if batch == 1 and num_q_rows <= 64:
+    if batch == 1 and num_q_rows <= rows_per_cta(num_q_rows):
         return max(1, num_parts // 2)
     return num_parts
 
