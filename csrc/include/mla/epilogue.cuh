@@ -1,5 +1,6 @@
 // Epilogue of the decode kernel: normalise a thread's two accumulator rows and store them,
-// bf16 to `out` for an unsplit sequence, fp32 to the workspace slot for a split one.
+// bf16 to `out` for an unsplit sequence, fp32 to the workspace slot for a split one, in pieces
+// that fill whole 32-byte sectors.
 #pragma once
 
 #include <cmath>
@@ -12,46 +13,79 @@ namespace mla {
 
 constexpr float kLn2 = 0.69314718055994530942f;
 
-// o: the thread's kTiles n8 accumulator tiles in mma/wgmma C layout (rows r0 and r0 + 8; columns
-// col0 + 8 * t and the next one). m: running max (exp2 domain); l: full row sums. The thread
-// with write_lse stores the rows' LSE.
+// Index i (0..3) of a, by selects: a runtime index into a register array would go to local memory.
+__device__ __forceinline__ uint32_t select4(const uint32_t (&a)[4], int i) {
+  const uint32_t lo = (i & 1) ? a[1] : a[0];
+  const uint32_t hi = (i & 1) ? a[3] : a[2];
+  return (i & 2) ? hi : lo;
+}
+
+// o: the thread's kTiles n8 accumulator tiles in wgmma C layout (rows r0 and r0 + 8, r0 = the
+// warp's first row + lane / 4; columns col_base + 8 * t + 2 * (lane % 4) and the next one).
+// m: running max (exp2 domain); l: full row sums. The thread with write_lse stores the rows' LSE.
+//
+// fp32 (a split sequence's workspace slot): a quad's four float2 fill one 32-byte sector of a
+// row per tile. bf16 (`out`): a quad holds 16 bytes of a row per tile, half a sector, and 8 rows
+// per warp store made each store 8 partial-sector writes (~7 us for a 64-row tile at the end of a
+// sequence, docs/perf.md v10). So each block of four tiles is transposed across the quad first
+// (three shuffles): lane q gets all 16 bytes of tile 4k + q, and one warp store covers 64
+// contiguous bytes (two full sectors) of each of its 8 rows.
 template <int kTiles>
 __device__ __forceinline__ void store_rows(const DecodeParams& p, const SeqWork& w,
                                            const float (&o)[kTiles][4], const float (&m)[2],
-                                           const float (&l)[2], bool bad, int r0, int col0,
-                                           bool write_lse) {
+                                           const float (&l)[2], bool bad, int r0, int col_base,
+                                           bool write_lse, int lane) {
+  static_assert(kTiles % 4 == 0, "bf16 tiles go in blocks of four");
+  const int q = lane & 3;
+  // A row that saw no key: out = 0, lse = -inf. An unreadable page poisons the sequence.
+  float inv[2], lse[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    // A row that saw no key: out = 0, lse = -inf. An unreadable page poisons the sequence.
-    float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
-    float lse = l[h] > 0.f ? (m[h] + log2f(l[h])) * kLn2 : -INFINITY;
-    if (bad) inv = lse = NAN;
-
-    const int r = r0 + 8 * h;
-    if (r >= p.rows) continue;
-    const int tok = r / p.h_q;
-    const int head = r % p.h_q;
-    if (w.num_splits <= 1) {
-      __nv_bfloat16* dst = p.out + int64_t(w.batch) * p.out_batch_stride +
-                           int64_t(tok) * p.out_token_stride + int64_t(head) * p.out_head_stride;
+    inv[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
+    lse[h] = l[h] > 0.f ? (m[h] + log2f(l[h])) * kLn2 : -INFINITY;
+    if (bad) inv[h] = lse[h] = NAN;
+  }
+  if (w.num_splits > 1) {
 #pragma unroll
-      for (int t = 0; t < kTiles; ++t) {
-        *reinterpret_cast<uint32_t*>(dst + col0 + t * 8) =
-            ptx::pack_bf16x2(o[t][2 * h] * inv, o[t][2 * h + 1] * inv);
-      }
-      if (write_lse) {
-        p.lse[int64_t(w.batch) * p.lse_batch_stride + int64_t(tok) * p.lse_token_stride +
-              int64_t(head) * p.lse_head_stride] = lse;
-      }
-    } else {
+    for (int h = 0; h < 2; ++h) {
+      const int r = r0 + 8 * h;
+      if (r >= p.rows) continue;
       const int64_t slot_row = int64_t(w.slot) * p.rows + r;
-      float* dst = p.o_accum + slot_row * kDimV;
+      float* dst = p.o_accum + slot_row * kDimV + col_base + 2 * q;
 #pragma unroll
       for (int t = 0; t < kTiles; ++t) {
-        *reinterpret_cast<float2*>(dst + col0 + t * 8) =
-            make_float2(o[t][2 * h] * inv, o[t][2 * h + 1] * inv);
+        *reinterpret_cast<float2*>(dst + t * 8) =
+            make_float2(o[t][2 * h] * inv[h], o[t][2 * h + 1] * inv[h]);
       }
-      if (write_lse) p.lse_accum[slot_row] = lse;
+      if (write_lse) p.lse_accum[slot_row] = lse[h];
+    }
+    return;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = r0 + 8 * h;
+    const bool row_ok = r < p.rows;
+    __nv_bfloat16* dst = p.out + int64_t(w.batch) * p.out_batch_stride +
+                         int64_t(r / p.h_q) * p.out_token_stride +
+                         int64_t(r % p.h_q) * p.out_head_stride + col_base;
+#pragma unroll
+    for (int k = 0; k < kTiles / 4; ++k) {
+      uint32_t a[4], got[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        a[j] = ptx::pack_bf16x2(o[4 * k + j][2 * h] * inv[h], o[4 * k + j][2 * h + 1] * inv[h]);
+      }
+      // got[x]: from lane q ^ x, its 4 bytes of tile 4k + q (column pair q ^ x).
+      got[0] = select4(a, q);
+#pragma unroll
+      for (int x = 1; x < 4; ++x) got[x] = __shfl_xor_sync(0xffffffffu, select4(a, q ^ x), x);
+      const uint4 v = make_uint4(select4(got, q), select4(got, q ^ 1), select4(got, q ^ 2),
+                                 select4(got, q ^ 3));
+      if (row_ok) *reinterpret_cast<uint4*>(dst + (4 * k + q) * 8) = v;
+    }
+    if (write_lse && row_ok) {
+      p.lse[int64_t(w.batch) * p.lse_batch_stride + int64_t(r / p.h_q) * p.lse_token_stride +
+            int64_t(r % p.h_q) * p.lse_head_stride] = lse[h];
     }
   }
 }

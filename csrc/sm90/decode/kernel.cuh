@@ -157,6 +157,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
     __syncthreads();
 
+    // The rows' max and sums for the epilogue, which both warpgroups run after their branches:
+    // one copy of its code rather than one per role (the kernel's code size matters, v10).
+    float m_end[2], l_end[2];
+    bool bad_end;
     if (wg == kWgS) {  // else kWgV
       int limit[2];
       float m[2], l[2], alpha[2];
@@ -235,8 +239,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if (wtid == 0) ml[2 * kRows] = poisoned ? 1.f : 0.f;
       ptx::named_barrier_arrive(kBarEnd, kThreads);
-      store_rows<kVColsPerWg / 8>(p, w, o, m, l, poisoned, m_tile * kRows + row0,
-                                  2 * (lane & 3), (lane & 3) == 0);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        m_end[h] = m[h];
+        l_end[h] = l[h];
+      }
+      bad_end = poisoned;
     } else {
       for (int j = 0; j < num_pages; ++j) {
         const int s = stage_of(j);
@@ -263,11 +271,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::named_barrier_sync(kBarFree, kThreads);
       }
       ptx::named_barrier_sync(kBarEnd, kThreads);
-      const float m[2] = {ml[row0], ml[row0 + 8]};
-      const float l[2] = {ml[kRows + row0], ml[kRows + row0 + 8]};
-      store_rows<kVColsPerWg / 8>(p, w, o, m, l, ml[2 * kRows] != 0.f, m_tile * kRows + row0,
-                                  kVColsPerWg + 2 * (lane & 3), false);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        m_end[h] = ml[row0 + 8 * h];
+        l_end[h] = ml[kRows + row0 + 8 * h];
+      }
+      bad_end = ml[2 * kRows] != 0.f;
     }
+    store_rows<kVColsPerWg / 8>(p, w, o, m_end, l_end, bad_end, m_tile * kRows + row0,
+                                wg == kWgS ? 0 : kVColsPerWg, wg == kWgS && (lane & 3) == 0, lane);
     issued += num_pages;
   }
 }
