@@ -79,10 +79,12 @@ def parts_for_batch(num_parts: int, num_q_rows: int, batch: int) -> int:
     """``num_parts`` (``num_decode_parts`` without a batch) for a batch of ``batch`` sequences.
 
     Half of it for a single sequence whose query rows make one 64-row tile (at most 64): its
-    pieces are expensive (64 fp32 rows each to write and to combine) and half as many measured
+    pieces are expensive (64 rows each to write and to combine) and half as many measured
     0.99-1.2x faster on an H200 at every context length with 17-64 rows (docs/perf.md, v8) and
-    1.00-1.10x with 8-16 rows at 1k-16k tokens, 0.97x at 32k (v9); with more sequences or more
-    rows the full count was faster or level. Host-only: no tensor is read.
+    1.00-1.10x with 8-16 rows at 1k-16k tokens, 0.97x at 32k (v9), with fp32 pieces; with the
+    bf16 pieces of v10, the full count 0.89-1.01x (geomean 0.97x, 12 cases of 16-64 rows); with
+    more sequences or more rows the full count was faster or level. Host-only: no tensor is
+    read.
     """
     if batch == 1 and num_q_rows <= rows_per_cta(num_q_rows):
         return max(1, num_parts // 2)
@@ -142,12 +144,13 @@ def get_mla_metadata(
 def decode_workspace(num_parts: int, num_q_rows: int, device: DeviceLike) -> tuple[Tensor, Tensor]:
     """Allocate the split-KV workspace (uninitialised; the kernels write before they read).
 
-    Returns ``o_accum`` fp32 ``[2 * num_parts, num_q_rows, 512]`` and ``lse_accum`` fp32
+    Returns ``o_accum`` bf16 ``[2 * num_parts, num_q_rows, 512]`` (each split piece's normalised
+    partial output, merged in fp32 by the combine) and ``lse_accum`` fp32
     ``[2 * num_parts, num_q_rows]``: every part holds at most two split pieces, so the size does
     not depend on the batch. ``num_q_rows = s_q * h_q``; allocate for the largest you will run.
     """
     slots = 2 * num_parts
-    o_accum = torch.empty((slots, num_q_rows, HEAD_DIM_V), dtype=torch.float32, device=device)
+    o_accum = torch.empty((slots, num_q_rows, HEAD_DIM_V), dtype=torch.bfloat16, device=device)
     lse_accum = torch.empty((slots, num_q_rows), dtype=torch.float32, device=device)
     return o_accum, lse_accum
 

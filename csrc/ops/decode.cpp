@@ -26,7 +26,7 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
   check_dtype(batch_meta, "batch_meta", at::kInt);
   check_dtype(out, "out", at::kBFloat16);
   check_dtype(lse, "lse", at::kFloat);
-  check_dtype(o_accum, "o_accum", at::kFloat);
+  check_dtype(o_accum, "o_accum", at::kBFloat16);
   check_dtype(lse_accum, "lse_accum", at::kFloat);
 
   // q [B, s_q, h_q, 576]
@@ -140,7 +140,7 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.lse_batch_stride = lse.stride(0);
   p.lse_token_stride = lse.stride(1);
   p.lse_head_stride = lse.stride(2);
-  p.o_accum = o_accum.data_ptr<float>();
+  p.o_accum = reinterpret_cast<__nv_bfloat16*>(o_accum.data_ptr());
   p.lse_accum = lse_accum.data_ptr<float>();
   p.batch = static_cast<int>(q.size(0));
   p.s_q = static_cast<int>(q.size(1));

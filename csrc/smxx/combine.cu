@@ -1,5 +1,5 @@
-// Split-KV combine: merges the fp32 partial results of sequences cut across parts, weighting each
-// piece by exp(lse_piece - lse_total). Arch-agnostic. Two shapes of the same merge, launched with
+// Split-KV combine: merges the partial results of sequences cut across parts (bf16, each normalised
+// by its own row sums), weighting each piece by exp(lse_piece - lse_total) in fp32. Arch-agnostic. Two shapes of the same merge, launched with
 // PDL (the CTAs start while the decode kernel drains and wait for it before reading):
 //
 // - Few pieces per sequence (a large batch): one warp per row, four rows per CTA. A split
@@ -25,6 +25,14 @@ __device__ __forceinline__ void axpy(float4& acc, float w, const float4& v) {
   acc.y += w * v.y;
   acc.z += w * v.z;
   acc.w += w * v.w;
+}
+
+// Four bf16 partial values (8 bytes) as fp32.
+__device__ __forceinline__ float4 load_bf16x4(const __nv_bfloat16* ptr) {
+  const uint2 u = *reinterpret_cast<const uint2*>(ptr);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
 
 __device__ __forceinline__ uint2 pack_bf16x4(const float4& v) {
@@ -78,7 +86,7 @@ struct LseSum {
   __device__ __forceinline__ float lse() const { return s == 0.f ? -INFINITY : m + logf(s); }
 };
 
-constexpr int kColsPerLane = kDimV / 32;  // warp-per-row kernel: four float4 at lane*4 + 128*j
+constexpr int kColsPerLane = kDimV / 32;  // warp-per-row kernel: four groups of 4 at lane*4 + 128*j
 constexpr int kRowWarps = 4;
 
 __global__ void __launch_bounds__(kRowWarps * 32)
@@ -109,10 +117,10 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 #pragma unroll 4
   for (int s = 0; s < num_splits; ++s) {
     const float w = expf(lse_part[int64_t(s) * p.rows] - base) * inv_sum;
-    const float* o = p.o_accum + (int64_t(bm.w + s) * p.rows + r) * kDimV;
+    const __nv_bfloat16* o = p.o_accum + (int64_t(bm.w + s) * p.rows + r) * kDimV;
 #pragma unroll
     for (int j = 0; j < kColsPerLane / 4; ++j) {
-      const float4 v = *reinterpret_cast<const float4*>(o + j * 128 + lane * 4);
+      const float4 v = load_bf16x4(o + j * 128 + lane * 4);
       // w == 0 for an empty piece, whose o is 0: skip the product so no 0 * inf appears.
       if (w != 0.f) axpy(acc[j], w, v);
     }
@@ -141,19 +149,18 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
   if (num_splits <= 1) return;
 
   const int tid = threadIdx.x;
-  const int c4 = tid % (kDimV / 4);  // this thread's float4 of the row
+  const int c4 = tid % (kDimV / 4);  // this thread's 4 columns of the row
   const int g = tid / (kDimV / 4);   // pieces g, g + kGroups, ...
   const float* lse_part = p.lse_accum + int64_t(bm.w) * p.rows + r;
-  const float4* o_part =
-      reinterpret_cast<const float4*>(p.o_accum + (int64_t(bm.w) * p.rows + r) * kDimV) + c4;
-  const int64_t piece_stride = int64_t(p.rows) * (kDimV / 4);  // in float4
+  const __nv_bfloat16* o_part = p.o_accum + (int64_t(bm.w) * p.rows + r) * kDimV + c4 * 4;
+  const int64_t piece_stride = int64_t(p.rows) * kDimV;
 
   float4 v[kUnroll];
   float lv[kUnroll];
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int s = g + u * kGroups;
-    v[u] = s < num_splits ? o_part[s * piece_stride] : make_float4(0.f, 0.f, 0.f, 0.f);
+    v[u] = s < num_splits ? load_bf16x4(o_part + s * piece_stride) : make_float4(0.f, 0.f, 0.f, 0.f);
     lv[u] = s < num_splits ? lse_part[int64_t(s) * p.rows] : -INFINITY;
   }
 
@@ -176,7 +183,7 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
 #pragma unroll 4
   for (int s = g + kUnroll * kGroups; s < num_splits; s += kGroups) {
     const float w = expf(lse_part[int64_t(s) * p.rows] - base) * inv_sum;
-    const float4 x = o_part[s * piece_stride];
+    const float4 x = load_bf16x4(o_part + s * piece_stride);
     if (w != 0.f) axpy(acc, w, x);
   }
 

@@ -30,7 +30,7 @@ class DecodeBuffers:
     # may take fewer: ops.parts_for_batch)
     part_meta: Tensor  # int32 [max(num_parts), 4]
     batch_meta: Tensor  # int32 [max_batch, 4]
-    o_accum: Tensor  # fp32, flat, the largest 2 * num_parts * rows * 512 over s_q
+    o_accum: Tensor  # bf16, flat, the largest 2 * num_parts * rows * 512 over s_q
     lse_accum: Tensor  # fp32, flat, the largest 2 * num_parts * rows over s_q
 
     @property
@@ -48,7 +48,7 @@ class DecodeArgs:
     seq_lens: Tensor  # int32 [B], vLLM's; 0 for CUDA-graph padding
     part_meta: Tensor  # int32 [num_parts, 4] view
     batch_meta: Tensor  # int32 [B, 4] view
-    o_accum: Tensor  # fp32 [2 * num_parts, s_q * h_q, 512] view
+    o_accum: Tensor  # bf16 [2 * num_parts, s_q * h_q, 512] view
     lse_accum: Tensor  # fp32 [2 * num_parts, s_q * h_q] view
 
     @property
@@ -86,7 +86,7 @@ def allocate_decode_buffers(
         num_parts=num_parts,
         part_meta=torch.zeros((max(num_parts), 4), dtype=torch.int32, device=device),
         batch_meta=torch.zeros((max_batch, 4), dtype=torch.int32, device=device),
-        o_accum=torch.empty(slots_times_rows * HEAD_DIM_V, dtype=torch.float32, device=device),
+        o_accum=torch.empty(slots_times_rows * HEAD_DIM_V, dtype=torch.bfloat16, device=device),
         lse_accum=torch.empty(slots_times_rows, dtype=torch.float32, device=device),
     )
 

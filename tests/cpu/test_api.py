@@ -124,7 +124,7 @@ def test_num_decode_parts_needs_rows():
 
 def test_decode_workspace():
     o_accum, lse_accum = ops.decode_workspace(5, 48, "cpu")
-    assert o_accum.shape == (10, 48, 512) and o_accum.dtype == torch.float32
+    assert o_accum.shape == (10, 48, 512) and o_accum.dtype == torch.bfloat16
     assert lse_accum.shape == (10, 48) and lse_accum.dtype == torch.float32
 
 

@@ -27,7 +27,7 @@ def valid_args(batch=BATCH, s_q=S_Q, h_q=H_Q) -> dict:
         "causal": True,
         "out": torch.full((batch, s_q, h_q, 512), SENTINEL, dtype=torch.bfloat16),
         "lse": torch.full((batch, s_q, h_q), SENTINEL),
-        "o_accum": torch.full((2 * PARTS, rows, 512), SENTINEL),
+        "o_accum": torch.full((2 * PARTS, rows, 512), SENTINEL, dtype=torch.bfloat16),
         "lse_accum": torch.full((2 * PARTS, rows), SENTINEL),
     }
 
@@ -82,10 +82,10 @@ DECODE_CASES = [
     ("lse_bf16", "lse", bf16(BATCH, S_Q, H_Q), r"\blse\b"),
     ("lse_transposed_shape", "lse", fp32(BATCH, H_Q, S_Q + 1), r"\blse\b"),
     ("lse_rank2", "lse", fp32(BATCH, H_Q), r"\blse\b"),
-    ("o_accum_bf16", "o_accum", bf16(2 * PARTS, S_Q * H_Q, 512), "o_accum"),
-    ("o_accum_slots", "o_accum", fp32(2 * PARTS - 1, S_Q * H_Q, 512), "o_accum"),
-    ("o_accum_rows", "o_accum", fp32(2 * PARTS, S_Q * H_Q - 1, 512), "o_accum"),
-    ("o_accum_dim", "o_accum", fp32(2 * PARTS, S_Q * H_Q, 576), "o_accum"),
+    ("o_accum_fp32", "o_accum", fp32(2 * PARTS, S_Q * H_Q, 512), "o_accum"),
+    ("o_accum_slots", "o_accum", bf16(2 * PARTS - 1, S_Q * H_Q, 512), "o_accum"),
+    ("o_accum_rows", "o_accum", bf16(2 * PARTS, S_Q * H_Q - 1, 512), "o_accum"),
+    ("o_accum_dim", "o_accum", bf16(2 * PARTS, S_Q * H_Q, 576), "o_accum"),
     ("lse_accum_bf16", "lse_accum", bf16(2 * PARTS, S_Q * H_Q), "lse_accum"),
     ("lse_accum_slots", "lse_accum", fp32(2 * PARTS - 1, S_Q * H_Q), "lse_accum"),
     ("lse_accum_rows", "lse_accum", fp32(2 * PARTS, S_Q * H_Q + 1), "lse_accum"),

@@ -1,6 +1,6 @@
-// Epilogue of the decode kernel: normalise a thread's two accumulator rows and store them,
-// bf16 to `out` for an unsplit sequence, fp32 to the workspace slot for a split one, in pieces
-// that fill whole 32-byte sectors.
+// Epilogue of the decode kernel: normalise a thread's two accumulator rows and store them in bf16,
+// to `out` for an unsplit sequence and to the workspace slot for a split one, in 16-byte pieces
+// that fill whole sectors.
 #pragma once
 
 #include <cmath>
@@ -23,57 +23,43 @@ __device__ __forceinline__ uint32_t select4(const uint32_t (&a)[4], int i) {
 // o: the thread's kTiles n8 accumulator tiles in wgmma C layout (rows r0 and r0 + 8, r0 = the
 // warp's first row + lane / 4; columns col_base + 8 * t + 2 * (lane % 4) and the next one).
 // m: running max (exp2 domain); l: full row sums. The thread with write_lse stores the rows' LSE.
+// Destination: `out` for an unsplit sequence; for a split one its workspace slot (o_accum, bf16
+// like FlashInfer's split-KV partials; the combine merges them in fp32: docs/perf.md v10).
 //
-// fp32 (a split sequence's workspace slot): a quad's four float2 fill one 32-byte sector of a
-// row per tile. bf16 (`out`): a quad holds 16 bytes of a row per tile, half a sector, and 8 rows
-// per warp store made each store 8 partial-sector writes (~7 us for a 64-row tile at the end of a
-// sequence, docs/perf.md v10). So each block of four tiles is transposed across the quad first
-// (three shuffles): lane q gets all 16 bytes of tile 4k + q, and one warp store covers 64
-// contiguous bytes (two full sectors) of each of its 8 rows.
+// In each n8 tile a quad holds 16 bytes of a row, half a sector: stored as they are, each warp
+// store made 8 partial-sector writes (~7 us for a 64-row tile at the end of a sequence, v10). So
+// each block of four tiles is transposed across the quad first (three shuffles): lane q gets all
+// 16 bytes of tile 4k + q, and one warp store covers 64 contiguous bytes (two full sectors) of
+// each of its 8 rows.
 template <int kTiles>
 __device__ __forceinline__ void store_rows(const DecodeParams& p, const SeqWork& w,
                                            const float (&o)[kTiles][4], const float (&m)[2],
                                            const float (&l)[2], bool bad, int r0, int col_base,
                                            bool write_lse, int lane) {
-  static_assert(kTiles % 4 == 0, "bf16 tiles go in blocks of four");
+  static_assert(kTiles % 4 == 0, "tiles go in blocks of four");
   const int q = lane & 3;
-  // A row that saw no key: out = 0, lse = -inf. An unreadable page poisons the sequence.
-  float inv[2], lse[2];
+  const bool split = w.num_splits > 1;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    inv[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
-    lse[h] = l[h] > 0.f ? (m[h] + log2f(l[h])) * kLn2 : -INFINITY;
-    if (bad) inv[h] = lse[h] = NAN;
-  }
-  if (w.num_splits > 1) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = r0 + 8 * h;
-      if (r >= p.rows) continue;
-      const int64_t slot_row = int64_t(w.slot) * p.rows + r;
-      float* dst = p.o_accum + slot_row * kDimV + col_base + 2 * q;
-#pragma unroll
-      for (int t = 0; t < kTiles; ++t) {
-        *reinterpret_cast<float2*>(dst + t * 8) =
-            make_float2(o[t][2 * h] * inv[h], o[t][2 * h + 1] * inv[h]);
-      }
-      if (write_lse) p.lse_accum[slot_row] = lse[h];
-    }
-    return;
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
+    // A row that saw no key: out = 0, lse = -inf. An unreadable page poisons the sequence.
+    float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+    float lse = l[h] > 0.f ? (m[h] + log2f(l[h])) * kLn2 : -INFINITY;
+    if (bad) inv = lse = NAN;
+
     const int r = r0 + 8 * h;
     const bool row_ok = r < p.rows;
-    __nv_bfloat16* dst = p.out + int64_t(w.batch) * p.out_batch_stride +
-                         int64_t(r / p.h_q) * p.out_token_stride +
-                         int64_t(r % p.h_q) * p.out_head_stride + col_base;
+    const int64_t slot_row = int64_t(w.slot) * p.rows + r;
+    __nv_bfloat16* dst = (split ? p.o_accum + slot_row * kDimV
+                                : p.out + int64_t(w.batch) * p.out_batch_stride +
+                                      int64_t(r / p.h_q) * p.out_token_stride +
+                                      int64_t(r % p.h_q) * p.out_head_stride) +
+                         col_base;
 #pragma unroll
     for (int k = 0; k < kTiles / 4; ++k) {
       uint32_t a[4], got[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        a[j] = ptx::pack_bf16x2(o[4 * k + j][2 * h] * inv[h], o[4 * k + j][2 * h + 1] * inv[h]);
+        a[j] = ptx::pack_bf16x2(o[4 * k + j][2 * h] * inv, o[4 * k + j][2 * h + 1] * inv);
       }
       // got[x]: from lane q ^ x, its 4 bytes of tile 4k + q (column pair q ^ x).
       got[0] = select4(a, q);
@@ -84,8 +70,12 @@ __device__ __forceinline__ void store_rows(const DecodeParams& p, const SeqWork&
       if (row_ok) *reinterpret_cast<uint4*>(dst + (4 * k + q) * 8) = v;
     }
     if (write_lse && row_ok) {
-      p.lse[int64_t(w.batch) * p.lse_batch_stride + int64_t(r / p.h_q) * p.lse_token_stride +
-            int64_t(r % p.h_q) * p.lse_head_stride] = lse[h];
+      if (split) {
+        p.lse_accum[slot_row] = lse;
+      } else {
+        p.lse[int64_t(w.batch) * p.lse_batch_stride + int64_t(r / p.h_q) * p.lse_token_stride +
+              int64_t(r % p.h_q) * p.lse_head_stride] = lse;
+      }
     }
   }
 }

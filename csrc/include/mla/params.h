@@ -60,7 +60,7 @@ struct DecodeParams {
   int64_t out_batch_stride, out_token_stride, out_head_stride;
   float* lse;  // [batch, s_q, h_q]
   int64_t lse_batch_stride, lse_token_stride, lse_head_stride;
-  float* o_accum;    // [2 * num_parts, rows, 512], partial results of split sequences
+  __nv_bfloat16* o_accum;  // [2 * num_parts, rows, 512], normalised partials of split sequences
   float* lse_accum;  // [2 * num_parts, rows]
 
   // Sizes
