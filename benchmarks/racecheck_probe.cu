@@ -11,7 +11,10 @@
 // 0 also syncs on a named barrier of its own 128 threads before writing, are reported as races
 // (read after write, at the consumer's read), even when that barrier runs only in the first
 // round. That is why the decode kernel's warpgroup-local sync is an mbarrier. probe_epilogue
-// (added for v9's staged epilogue, below) has not been run yet.
+// (v9's staged epilogue in small: a bar.arrive / bar.sync hand-off, then a tile written and read
+// across __syncthreads) is reported too, with plain STS/LDS and with generic accesses through
+// an integer-aligned base alike (2026-12-01, docs/perf.md v10): the tool misreads that
+// sequence as well.
 #include <cstdint>
 #include <cstdio>
 
@@ -78,8 +81,9 @@ __global__ void probe(float* out) {
   out[tid] = acc;
 }
 
-// The 64-row kernel's staged epilogue in small (docs/perf.md v9: racecheck reported its tile's
-// writes and reads as races across the __syncthreads between them; not yet run). Per round,
+// The 64-row kernel's staged epilogue of v9 in small (racecheck reported its tile's
+// writes and reads as races across the __syncthreads between them; this probe draws the same
+// reports in both forms, docs/perf.md v10). Per round,
 // warpgroup 0 arrives on a named barrier and writes its half of each row of a tile, warpgroup 1
 // syncs on that barrier and writes the other half, a __syncthreads, then every thread reads a
 // row the other warpgroup wrote, and a __syncthreads before the next round's writes. kAligned:
