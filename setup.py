@@ -40,6 +40,11 @@ NVCC_FLAGS = [
     "-U__CUDA_NO_HALF2_OPERATORS__",
     "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
 ]
+# MLA_TRACE=1: a trace build, whose decode kernel records per-CTA event clocks when
+# MLA_TRACE_FILE is set at run time (benchmarks/trace_decode.py; not for production).
+TRACE_BUILD = os.environ.get("MLA_TRACE", "") == "1"
+if TRACE_BUILD:
+    NVCC_FLAGS.append("-DMLA_TRACE_BUILD")
 
 # The same value torch's BuildExtension defines for py_limited_api extensions, spelled the same
 # way so the two definitions do not clash.
@@ -94,6 +99,7 @@ def _write_build_info(torch_version: str, cuda_version: str) -> None:
         '"""Written by setup.py: the torch build the extension was compiled against."""\n\n'
         f"TORCH_VERSION = {torch_version!r}\n"
         f"CUDA_VERSION = {cuda_version!r}\n"
+        f"TRACE_BUILD = {TRACE_BUILD!r}\n"
     )
 
 

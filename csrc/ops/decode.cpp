@@ -150,6 +150,7 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.num_m_tiles = (p.rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;
   p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
   p.causal = causal;
+  p.trace = nullptr;  // set by the launcher of a trace build only
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   cudaError_t err = run_decode_main(p, stream);

@@ -1,6 +1,7 @@
-// Split-KV combine: merges the partial results of sequences cut across parts (bf16, each normalised
-// by its own row sums), weighting each piece by exp(lse_piece - lse_total) in fp32. Arch-agnostic. Two shapes of the same merge, launched with
-// PDL (the CTAs start while the decode kernel drains and wait for it before reading):
+// Split-KV combine: merges the partial results of sequences cut across parts (bf16, each
+// normalised by its own row sums), weighting each piece by exp(lse_piece - lse_total) in fp32.
+// Arch-agnostic. Two shapes of the same merge, launched with PDL (the CTAs start while the
+// decode kernel drains and wait for it before reading):
 //
 // - Few pieces per sequence (a large batch): one warp per row, four rows per CTA. A split
 //   sequence is the last sequence of the part where it starts, so the grid is (parts x row
@@ -160,7 +161,8 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int s = g + u * kGroups;
-    v[u] = s < num_splits ? load_bf16x4(o_part + s * piece_stride) : make_float4(0.f, 0.f, 0.f, 0.f);
+    v[u] = s < num_splits ? load_bf16x4(o_part + s * piece_stride)
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
     lv[u] = s < num_splits ? lse_part[int64_t(s) * p.rows] : -INFINITY;
   }
 

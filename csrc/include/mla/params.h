@@ -71,6 +71,7 @@ struct DecodeParams {
 
   float scale_log2;  // softmax_scale * log2(e): scores live in the exp2 domain
   bool causal;
+  unsigned long long* trace;  // per-CTA event clocks of a trace build (decode/trace.cuh), or null
 };
 
 }  // namespace mla

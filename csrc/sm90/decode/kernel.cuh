@@ -23,6 +23,7 @@
 #include "mla/softmax.cuh"
 #include "mla/wgmma.cuh"
 #include "sm90/decode/config.h"
+#include "sm90/decode/trace.cuh"
 #include "sm90/page_tile.cuh"
 
 namespace mla::sm90::decode {
@@ -108,6 +109,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int row0 = (warp % 4) * 16 + (lane >> 2);  // first of the thread's two accumulator rows
   const int m_tile = blockIdx.x;
   const int part = blockIdx.y;
+  if (tid == 0) {
+    trace_put(p, kTrGlobalIn, global_ns());
+    trace_clock(p, kTrClockIn);
+  }
 
   uint8_t* sq = smem + kOffQ;
   uint8_t* skv = smem + kOffKV;
@@ -128,8 +133,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Everything above overlaps the metadata kernel (programmatic dependent launch).
   ptx::griddep_wait();
   ptx::griddep_launch_dependents();
+  if (tid == 0) trace_clock(p, kTrMetaReady);
   const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
-  if (pm.x >= pm.y) return;
+  if (tid == 0) trace_put(p, kTrNumSeqs, pm.y - pm.x);
+  if (pm.x >= pm.y) {
+    if (tid == 0) trace_put(p, kTrGlobalOut, global_ns());
+    return;
+  }
   __syncthreads();
 
   uint32_t phase = 0;  // bit s: parity of the next completion of stage s (each warpgroup its own)
@@ -142,6 +152,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto stage_of = [&](int j) { return (issued + j) % kStages; };
 
     __syncthreads();  // the previous sequence is done with Q, P and every stage
+    if (tid == 0) {
+      trace_clock(p, trace_seq_slot(b - pm.x, kTrSeqStart));
+      trace_put(p, trace_seq_slot(b - pm.x, kTrPages), num_pages);
+    }
     if (tid == 0) {
       *bad = 0;
       for (int j = 0; j < kStages && j < num_pages; ++j) {
@@ -156,6 +170,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::cp_async_wait_all();
     ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
     __syncthreads();
+    if (tid == 0) trace_clock(p, trace_seq_slot(b - pm.x, kTrQReady));
 
     // The rows' max and sums for the epilogue, which both warpgroups run after their branches:
     // one copy of its code rather than one per role (the kernel's code size matters, v10).
@@ -192,6 +207,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (num_pages > 0) {
         ptx::wgmma_fence();
         start_s(0);
+        if (tid == 0) trace_clock(p, trace_seq_slot(b - pm.x, kTrFirstS));
         ptx::wgmma_wait<0>();
         ptx::fence_regs(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc));
         page_softmax(sacc, m, l, alpha, pk, limit, w.page_begin * kPageSize, p.scale_log2, lane);
@@ -227,6 +243,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
       }
       if (num_pages > 0) ptx::named_barrier_sync(kBarFree, kThreads);
+      if (tid == 0) trace_clock(p, trace_seq_slot(b - pm.x, kTrLastPage));
       // The poison flag travels with them: V's refills (before the last Free) may have set it,
       // and V reads it here rather than from `bad`, which thread 0 resets for the next sequence.
       const bool poisoned = *bad != 0;
@@ -280,7 +297,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     store_rows<kVColsPerWg / 8>(p, w, o, m_end, l_end, bad_end, m_tile * kRows + row0,
                                 wg == kWgS ? 0 : kVColsPerWg, wg == kWgS && (lane & 3) == 0, lane);
+    if (wtid == 0) {
+      trace_clock(p, trace_seq_slot(b - pm.x, wg == kWgS ? kTrEpilogueS : kTrEpilogueV));
+    }
     issued += num_pages;
+  }
+  if (tid == 0) {
+    trace_clock(p, kTrClockOut);
+    trace_put(p, kTrGlobalOut, global_ns());
   }
 }
 

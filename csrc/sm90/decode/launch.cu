@@ -2,12 +2,54 @@
 // capture it by value; the launch overlaps the metadata kernel (PDL).
 #include <cuda_runtime.h>
 
+#ifdef MLA_TRACE_BUILD
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#endif
+
 #include "mla/api.h"
 #include "mla/launch.h"
 #include "sm90/decode/kernel.cuh"
 #include "sm90/launch_utils.h"
 
 namespace mla {
+namespace {
+
+#ifdef MLA_TRACE_BUILD
+// Trace builds only: with MLA_TRACE_FILE set, the call runs with event clocks and appends them to
+// that file (a header of four uint32: 'MLAT', grid x, grid y, slots per CTA; then the uint64
+// rows). It synchronises the stream, so it is for eager calls, not CUDA-graph capture.
+cudaError_t launch_traced(const DecodeParams& params, const CUtensorMap& tmap, dim3 grid,
+                          cudaStream_t stream, const char* path) {
+  using namespace sm90::decode;
+  DecodeParams tp = params;
+  const size_t n = size_t(grid.x) * grid.y * kTraceSlots;
+  cudaError_t err = cudaMalloc(&tp.trace, n * sizeof(unsigned long long));
+  if (err != cudaSuccess) return err;
+  err = cudaMemsetAsync(tp.trace, 0, n * sizeof(unsigned long long), stream);
+  if (err == cudaSuccess) {
+    err = launch_pdl(decode_kernel, grid, dim3(kThreads), kSmemBytes, stream, tp, tmap);
+  }
+  std::vector<unsigned long long> host(n);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
+  if (err == cudaSuccess) {
+    err = cudaMemcpy(host.data(), tp.trace, n * sizeof(unsigned long long),
+                     cudaMemcpyDeviceToHost);
+  }
+  cudaFree(tp.trace);
+  if (err != cudaSuccess) return err;
+  if (FILE* f = std::fopen(path, "ab")) {
+    const unsigned int header[4] = {0x54414c4du, grid.x, grid.y, unsigned(kTraceSlots)};
+    std::fwrite(header, sizeof(header), 1, f);
+    std::fwrite(host.data(), sizeof(unsigned long long), n, f);
+    std::fclose(f);
+  }
+  return cudaSuccess;
+}
+#endif
+
+}  // namespace
 
 cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream) {
   using namespace sm90::decode;
@@ -18,6 +60,12 @@ cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream) {
   err = sm90::ensure_smem_limit(reinterpret_cast<const void*>(decode_kernel), kSmemBytes, smem_set);
   if (err != cudaSuccess) return err;
   const dim3 grid(params.num_m_tiles, params.num_parts);
+#ifdef MLA_TRACE_BUILD
+  const char* trace_path = std::getenv("MLA_TRACE_FILE");
+  if (trace_path != nullptr && trace_path[0] != '\0') {
+    return launch_traced(params, tmap, grid, stream, trace_path);
+  }
+#endif
   return launch_pdl(decode_kernel, grid, dim3(kThreads), kSmemBytes, stream, params, tmap);
 }
 
