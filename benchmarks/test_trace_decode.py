@@ -34,6 +34,9 @@ def _cta(g_in: int, seqs: list[dict] | None, clk0: int = 1000) -> list[int]:
         r[base + td.EPI_V] = r[base + td.LAST_PAGE] + 5000
         r[base + td.PAGES] = s["pages"]
         t = r[base + td.EPI_S]
+    pages = sum(s["pages"] for s in seqs)
+    r[td.WAIT_S] = 600 * pages  # 0.3 us per page
+    r[td.WAIT_V] = 200 * pages
     r[td.C_OUT] = t + 10
     r[td.G_OUT] = g_in + (r[td.C_OUT] - clk0) // 2
     return r
@@ -68,6 +71,8 @@ def test_read_and_summarise(tmp_path):
     assert s["epilogue_s"] == pytest.approx((3.0, 3.0, 3.0))
     assert s["epilogue_v"] == pytest.approx((2.5, 2.5, 2.5))
     assert s["last_cta"]["index"] == 0 and s["last_cta"]["sequences"] == 1
+    assert s["wait_s_per_page"] == pytest.approx((0.3, 0.3, 0.3))
+    assert s["wait_v_per_page"] == pytest.approx((0.1, 0.1, 0.1))
 
     s = td.summarize(traces[1])
     assert s["ctas_with_work"] == 2

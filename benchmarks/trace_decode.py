@@ -8,7 +8,8 @@ decode eagerly a few times, then three calls with ``MLA_TRACE_FILE`` set, whose 
 writes, per CTA, its global-timer entry and exit and the clock of its events (the layout is in
 csrc/sm90/decode/trace.cuh); the last call is summarised: entry skew, the wait on the metadata
 kernel, per sequence the time to Q resident, to the first S issued, per page, the two
-warpgroups' epilogues and the gap to the next sequence, and the CTA that finished last. A
+warpgroups' epilogues and the gap to the next sequence, each warpgroup's time waiting for pages
+to land (per page), and the CTA that finished last. A
 traced call synchronises, so this is for eager calls, never inside a CUDA graph.
 """
 
@@ -25,9 +26,9 @@ from pathlib import Path
 MAGIC = 0x54414C4D  # 'MLAT'
 SLOTS = 64
 # trace.cuh
-G_IN, C_IN, META, NSEQ, SEQ0, C_OUT, G_OUT = 0, 1, 2, 3, 4, 62, 63
+G_IN, C_IN, META, NSEQ, SEQ0, WAIT_S, WAIT_V, C_OUT, G_OUT = 0, 1, 2, 3, 4, 60, 61, 62, 63
 START, Q_READY, FIRST_S, LAST_PAGE, EPI_S, PAGES, EPI_V, STRIDE = range(8)
-MAX_SEQS = (C_OUT - SEQ0) // STRIDE
+MAX_SEQS = (WAIT_S - SEQ0) // STRIDE
 
 
 @dataclass
@@ -73,7 +74,7 @@ def summarize(t: Trace) -> dict:
     per_seq: dict[str, list[float]] = {
         k: [] for k in ("q_ready", "first_s", "per_page", "epilogue_s", "epilogue_v", "gap")
     }
-    pages_per_cta = []
+    pages_per_cta, wait_s, wait_v = [], [], []
     for r in live:
         prev_end, total = r[META], 0
         for k in range(min(r[NSEQ], MAX_SEQS)):
@@ -90,6 +91,9 @@ def summarize(t: Trace) -> dict:
             per_seq["epilogue_v"].append(us(r[s + EPI_V] - r[s + LAST_PAGE]))
             prev_end = max(r[s + EPI_S], r[s + EPI_V])
         pages_per_cta.append(total)
+        if total > 0:  # page waits per page, over the whole call
+            wait_s.append(us(r[WAIT_S]) / total)
+            wait_v.append(us(r[WAIT_V]) / total)
     last = max(done, key=lambda r: r[G_OUT])
     return {
         "ctas": len(t.rows),
@@ -100,6 +104,8 @@ def summarize(t: Trace) -> dict:
         "meta_wait_us": _stats([us(r[META] - r[C_IN]) for r in live]),
         "exit_us": _stats([(r[G_OUT] - base) / 1000 for r in live]),
         **{k: _stats(v) for k, v in per_seq.items() if v},
+        "wait_s_per_page": _stats(wait_s),
+        "wait_v_per_page": _stats(wait_v),
         "pages_per_cta": _stats(pages_per_cta),
         "last_cta": {
             "index": t.rows.index(last),
@@ -115,7 +121,8 @@ def format_summary(title: str, s: dict) -> str:
         f"{s['ns_per_clock']:.3f} ns/clock, span {s['span_us']:.1f} us"
     ]
     for key in ("entry_skew_us", "meta_wait_us", "q_ready", "first_s", "per_page", "epilogue_s",
-                "epilogue_v", "gap", "exit_us", "pages_per_cta"):  # fmt: skip
+                "epilogue_v", "gap", "wait_s_per_page", "wait_v_per_page", "exit_us",
+                "pages_per_cta"):  # fmt: skip
         if key in s:
             lo, med, hi = s[key]
             lines.append(f"  {key:14s} min {lo:8.2f}  med {med:8.2f}  max {hi:8.2f}")

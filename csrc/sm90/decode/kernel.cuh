@@ -142,6 +142,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
+  unsigned long long wait_ticks = 0;  // trace builds: this thread's time in page waits
   uint32_t phase = 0;  // bit s: parity of the next completion of stage s (each warpgroup its own)
   uint32_t tail_phase = 0;  // parity of the next completion of warpgroup S's barrier
   int issued = 0;      // pages consumed so far by this CTA: page n uses stage n % kStages
@@ -191,7 +192,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       // cache would still be NaN), then issues S(j).
       auto start_s = [&](int j) {
         const int s = stage_of(j);
+        const unsigned long long wait_start = trace_now();
         wait_full(bars, phase, s);
+        trace_add_since(wait_ticks, wait_start);
         const int valid = w.seqlen - (w.page_begin + j) * kPageSize;
         if (valid < kPageSize) {
           zero_tail(skv + s * kPageBytes, valid, wtid, 128);
@@ -269,7 +272,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int next_id = wtid == 0 && j + kStages < num_pages
                                 ? page_id_of(p, w, w.page_begin + j + kStages)
                                 : -1;
+        const unsigned long long wait_start = trace_now();
         wait_full(bars, phase, s);
+        trace_add_since(wait_ticks, wait_start);
         ptx::named_barrier_sync(kBarReady, kThreads);
         const float alpha[2] = {scale[row0], scale[row0 + 8]};
         rescale_o(o, alpha);
@@ -302,6 +307,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     issued += num_pages;
   }
+  if (wtid == 0) trace_put(p, wg == kWgS ? kTrWaitS : kTrWaitV, wait_ticks);
   if (tid == 0) {
     trace_clock(p, kTrClockOut);
     trace_put(p, kTrGlobalOut, global_ns());

@@ -3,8 +3,9 @@
 // MLA_TRACE_BUILD); in a normal build every call below compiles to nothing.
 //
 // A CTA's row holds kTraceSlots 64-bit values: the global timer (ns) at entry and exit, clock64
-// at entry, after griddepcontrol.wait and at exit, the number of sequences of its part, and per
-// sequence k < kTraceSeqs the clock64 of its events (TraceSeqEvent) and its page count.
+// at entry, after griddepcontrol.wait and at exit, the number of sequences of its part, per
+// sequence k < kTraceSeqs the clock64 of its events (TraceSeqEvent) and its page count, and the
+// clock64 ticks each warpgroup's first thread spent waiting for pages to land, over the call.
 #pragma once
 
 #include "mla/params.h"
@@ -24,6 +25,8 @@ enum TraceSlot : int {
   kTrMetaReady = 2,
   kTrNumSeqs = 3,
   kTrSeq0 = 4,
+  kTrWaitS = 60,  // warpgroup S: ticks in its page waits, all sequences
+  kTrWaitV = 61,  // warpgroup V: the same
   kTrClockOut = 62,
   kTrGlobalOut = 63,
 };
@@ -37,7 +40,7 @@ enum TraceSeqEvent : int {
   kTrEpilogueV,     // warpgroup V's rows stored
   kTrSeqStride,
 };
-constexpr int kTraceSeqs = (kTrClockOut - kTrSeq0) / kTrSeqStride;
+constexpr int kTraceSeqs = (kTrWaitS - kTrSeq0) / kTrSeqStride;
 
 __device__ __forceinline__ unsigned long long global_ns() {
   unsigned long long t;
@@ -60,6 +63,17 @@ __device__ __forceinline__ void trace_put(const DecodeParams& p, int slot, unsig
 
 __device__ __forceinline__ void trace_clock(const DecodeParams& p, int slot) {
   if constexpr (kTraceBuild) trace_put(p, slot, clock64());
+}
+
+// Ticks spent in a wait: `start = trace_now()` before it, `trace_add_since(total, start)` after
+// (both nothing in a normal build).
+__device__ __forceinline__ unsigned long long trace_now() {
+  if constexpr (kTraceBuild) return clock64();
+  return 0;
+}
+__device__ __forceinline__ void trace_add_since(unsigned long long& total,
+                                                unsigned long long start) {
+  if constexpr (kTraceBuild) total += clock64() - start;
 }
 
 }  // namespace mla::sm90::decode
