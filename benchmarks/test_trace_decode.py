@@ -95,3 +95,20 @@ def test_rejects_a_file_that_is_not_a_trace(tmp_path):
 def test_no_exit_recorded_means_no_trace_build():
     with pytest.raises(ValueError, match="not a trace build"):
         td.summarize(td.Trace(1, 1, [[0] * td.SLOTS]))
+
+
+def test_a_normal_build_is_refused(monkeypatch):
+    # A stand-in for setup.py's record, so the test needs no built extension.
+    import types
+
+    import mla_backend
+
+    info = types.ModuleType("mla_backend._build_info")
+    info.TRACE_BUILD = False
+    info.__file__ = "mla_backend/_build_info.py"
+    monkeypatch.setitem(sys.modules, "mla_backend._build_info", info)
+    monkeypatch.setattr(mla_backend, "_build_info", info, raising=False)
+    with pytest.raises(SystemExit, match="not a trace build"):
+        td.require_trace_build()
+    info.TRACE_BUILD = True
+    td.require_trace_build()

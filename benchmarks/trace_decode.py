@@ -134,6 +134,17 @@ def format_summary(title: str, s: dict) -> str:
     return "\n".join(lines)
 
 
+def require_trace_build() -> None:
+    """Exit with a message unless the imported extension is a trace build (setup.py's record)."""
+    from mla_backend import _build_info
+
+    if not getattr(_build_info, "TRACE_BUILD", False):
+        raise SystemExit(
+            f"{_build_info.__file__}: not a trace build; build one with MLA_TRACE=1 python "
+            "setup.py build_ext --inplace (or put such a package first on PYTHONPATH)"
+        )
+
+
 def run_case(heads: int, s_q: int, batch: int, context: int, path: Path) -> Trace:
     import torch
 
@@ -172,10 +183,7 @@ def run_case(heads: int, s_q: int, batch: int, context: int, path: Path) -> Trac
             call()
         torch.cuda.synchronize()
     if not path.exists():
-        raise SystemExit(
-            "no trace written: the extension is not a trace build (MLA_TRACE=1 python setup.py "
-            "build_ext --inplace)"
-        )
+        raise SystemExit(f"no trace written to {path}: the traced decode call did not record")
     return read_traces(path)[-1]
 
 
@@ -185,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="trace_out", help="folder for the raw traces")
     args = ap.parse_args(argv)
     sys.path.append(str(Path(__file__).resolve().parents[1]))
+    require_trace_build()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for text in args.cases:

@@ -12,7 +12,6 @@ cudaError_t run_metadata(const MetadataParams& params, cudaStream_t stream);
 // Main split-KV kernel (sm90/decode): one CTA per (tile of 64 query rows, part).
 cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream);
 
-
 // Merges the partial results of sequences split across parts; no-op for unsplit ones.
 cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream);
 

@@ -16,7 +16,7 @@ constexpr int kMaxHeads = 128;
 // Split-KV cost of one sequence = its pages + this many page-equivalents (Q load, epilogue).
 constexpr int kFixedCostPages = 2;
 // What the planner charges a part boundary that cuts a sequence, in pages (second prologue and
-// epilogue, fp32 partial, combine share; measured in docs/perf.md, v7).
+// epilogue, partial rows, combine share; measured in docs/perf.md, v7, with fp32 partials).
 constexpr int kCutCostPages = 4;
 // The planner's units (pages plus fixed costs, summed over the batch in int32) stay below this:
 // a batch whose lengths would add up to more (over 2^36 tokens, far past any real cache: garbage
