@@ -39,14 +39,22 @@ __device__ __forceinline__ void fence_regs(float (&d)[kN]) {
   for (int i = 0; i < kN; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// 3-D tensor-map bulk copy global -> shared, completing on an mbarrier.
+// An L2 cache policy that marks the lines a load brings in as the first to evict: for data read
+// once (the KV stream), so that what is read again (Q, block tables, split-KV partials) stays.
+__device__ __forceinline__ uint64_t l2_policy_evict_first() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+// 3-D tensor-map bulk copy global -> shared, completing on an mbarrier, with an L2 cache policy.
 __device__ __forceinline__ void tma_load_3d(void* dst_smem, const void* tmap, int c0, int c1,
-                                            int c2, uint64_t* bar) {
+                                            int c2, uint64_t* bar, uint64_t policy) {
   asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes "
-      "[%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(dst_smem))),
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
+      "[%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(dst_smem))),
       "l"(tmap), "r"(c0), "r"(c1), "r"(c2),
-      "r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
+      "r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar))), "l"(policy)
       : "memory");
 }
 
