@@ -22,7 +22,8 @@ __device__ __forceinline__ uint32_t select4(const uint32_t (&a)[4], int i) {
 
 // o: the thread's kTiles n8 accumulator tiles in wgmma C layout (rows r0 and r0 + 8, r0 = the
 // warp's first row + lane / 4; columns col_base + 8 * t + 2 * (lane % 4) and the next one).
-// m: running max (exp2 domain); l: full row sums. The thread with write_lse stores the rows' LSE.
+// m: the rows' exponent shift (the running max up to kMaxSlack, exp2 domain); l: full row
+// sums. The thread with write_lse stores the rows' LSE.
 // Destination: `out` for an unsplit sequence; for a split one its workspace slot (o_accum, bf16
 // like FlashInfer's split-KV partials; the combine merges them in fp32: docs/perf.md v10).
 //

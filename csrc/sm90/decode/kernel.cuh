@@ -73,7 +73,7 @@ __device__ __forceinline__ void page_softmax(SAcc& sacc, float (&m)[2], float (&
                                              int page_pos, float scale_log2, int lane) {
   float base[2];
   softmax_rowmax(sacc, m, l, base, alpha, limit, page_pos, scale_log2, lane);
-  softmax_exp(sacc, base, l, pk);
+  softmax_exp(sacc, base, scale_log2, l, pk);
 }
 
 // Hands P and the row factors of a page to warpgroup V.
