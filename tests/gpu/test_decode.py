@@ -5,6 +5,7 @@ in unused block-table entries, and NaN in out/lse/workspace before the call so a
 element shows. Accuracy: reference.check_decode_output (FlashAttention-3's rule, cosine, LSE).
 """
 
+import math
 import random
 
 import pytest
@@ -63,6 +64,34 @@ def test_decode(seqlens, h_q, s_q, causal):
     inputs = make_decode_inputs(seqlens, s_q, h_q, device="cuda", generator=gen(0))
     out, lse = run_decode(inputs, causal)
     check(out, lse, inputs, causal)
+
+
+def shape_scores(inputs, seqlens, pattern: str) -> None:
+    """Make the rope dim 512 of every cached token a ramp over its position (q's dim 512 = 1), so
+    that the row max moves by ~0.09 per token in log2 units (~5.8 per page): rising, it is raised
+    every page or two; falling, the first page holds it."""
+    step = 0.09 / (SCALE * math.log2(math.e))
+    for b, length in enumerate(seqlens):
+        t = torch.arange(length, device=inputs.kv_cache.device)
+        ramp = (t if pattern == "rising" else length - 1 - t).float() * step
+        pages = inputs.block_table[b, t // 64].long()
+        inputs.kv_cache[pages, t % 64, 512] = ramp.to(inputs.kv_cache.dtype)
+    inputs.q[..., 512] = 1.0
+
+
+@pytest.mark.parametrize("pattern", ["rising", "falling", "large_scale"])
+@pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (2, 128)])
+def test_score_ranges(pattern, s_q, h_q):
+    """Row maxima that move in small and large steps. The kernel raises a row's running max only
+    when a page beats it by more than 2^8 (softmax.cuh, kMaxSlack), so P reaches 256 on the rising
+    ramp; a softmax scale of 4 gives scores in the hundreds (nearly one-hot rows)."""
+    seqlens = [4097, 700, 64]
+    inputs = make_decode_inputs(seqlens, s_q, h_q, device="cuda", generator=gen(3))
+    scale = 4.0 if pattern == "large_scale" else SCALE
+    if pattern != "large_scale":
+        shape_scores(inputs, seqlens, pattern)
+    out, lse = run_decode(inputs, causal=True, scale=scale)
+    check(out, lse, inputs, causal=True, scale=scale)
 
 
 @pytest.mark.parametrize("kv_4d", [False, True])
