@@ -33,8 +33,8 @@ __device__ __forceinline__ float ex2_approx(float x) {
 // A row's running max is raised only when a page's max exceeds it by more than this (log2
 // units). The max is only the shift of the exponentials, so any value works as long as P, l and
 // O all use the same one: P stays at most 2^8 (bf16 keeps its relative precision at any
-// magnitude; l and O are fp32), and alpha is exactly 1 on all but a row's first pages, so the
-// O rescales are skipped.
+// magnitude; l and O are fp32), and alpha is exactly 1 unless a page raises the max by more than
+// that, which after a row's first pages is rare, so the O rescales are mostly skipped.
 constexpr float kMaxSlack = 8.f;
 
 // Masks positions a row may not see (causal limit, sequence end; only on a page that crosses a
