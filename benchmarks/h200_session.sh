@@ -11,7 +11,8 @@
 # benchmarks/sanitize_decode.py with its reference checks, racecheck without them), ab
 # (bench_decode --quick for ours and the rivals, then ours again from the package in $BASE,
 # default .bench_base, when it exists), ncu (per-kernel times of a few shapes through
-# benchmarks/profile_case.py), grid, lastcase, e2e (compare_backends + serve),
+# benchmarks/profile_case.py), stalls (benchmarks/stall_regions.py: ncu stall samples of
+# warpgroup S's loop by region), grid, lastcase, e2e (compare_backends + serve),
 # serve (serve_deepseek.py, with the wheels in .whl/). Result folders are packed into
 # $OUT/results-<time>.tgz (and many logs into $OUT/logs-<time>.tgz) after the grid and at the end.
 set -uo pipefail
@@ -84,6 +85,10 @@ for s in "$@"; do
           python3 benchmarks/profile_case.py --heads "$h" --batch "$b" --ctx "$l" --sq "$q" --reps 2
         grep -E '"(mla|sm90)::' "$OUT/$name.log" | awk -F'","' '{print $5 ": " $NF}' | sed 's/"//g'
       done ;;
+    stalls)  # where warpgroup S's loop time goes (ncu stall samples by region)
+      TAIL=30 step stalls 300 python3 benchmarks/stall_regions.py run 128,1,128,16384 \
+        128,4,32,4096 16,1,128,16384 --out "$OUT/stalls"
+      rm -f "$OUT"/stalls/*.ncu-rep ;;
     grid)  # uniform lengths with every rival; skewed without Triton, whose kernel faults on
       # the longest skewed sequences (~140k tokens at 128 heads) and would end the run
       TAIL=3 step grid_uniform 400 python3 benchmarks/bench_decode.py --dists uniform \
