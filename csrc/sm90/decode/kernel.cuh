@@ -76,13 +76,14 @@ __device__ __forceinline__ void page_softmax(SAcc& sacc, float (&m)[2], float (&
   softmax_exp(sacc, base, scale_log2, l, pk);
 }
 
-// Hands P and the row factors of a page to warpgroup V.
-__device__ __forceinline__ void publish_p(const PFrag& pk, const float (&alpha)[2], uint8_t* sp,
-                                          float* scale, int row, int lane) {
-  store_p(pk, sp, row, lane);
+// Hands P and the row factors of a page to warpgroup V (sp, scale: shared addresses; row: the
+// thread's first row, lane / 4 into its warp's 16).
+__device__ __forceinline__ void publish_p(const PFrag& pk, const float (&alpha)[2], uint32_t sp,
+                                          uint32_t scale, int row, int lane) {
+  store_p(pk, sp, row - (lane >> 2), lane);
   if ((lane & 3) == 0) {
-    scale[row] = alpha[0];
-    scale[row + 8] = alpha[1];
+    ptx::st_shared_f32(scale + 4 * row, alpha[0]);
+    ptx::st_shared_f32(scale + 4 * (row + 8), alpha[1]);
   }
   ptx::fence_proxy_async_shared();  // P is read by wgmma
   ptx::named_barrier_arrive(kBarReady, kThreads);
@@ -116,13 +117,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   uint8_t* sq = smem + kOffQ;
   uint8_t* skv = smem + kOffKV;
-  uint8_t* sp = smem + kOffP;
-  float* scale = reinterpret_cast<float*>(smem + kOffScale);
   float* ml = reinterpret_cast<float*>(smem + kOffML);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kOffBar);
   int* bad = reinterpret_cast<int*>(smem + kOffFlag);
   const uint32_t sq_addr = ptx::smem_addr(sq);
-  const uint32_t sp_addr = ptx::smem_addr(sp);
+  const uint32_t sp_addr = ptx::smem_addr(smem + kOffP);
+  const uint32_t scale_addr = ptx::smem_addr(smem + kOffScale);  // alpha per row, fp32
   auto kv_addr = [&](int s) { return ptx::smem_addr(skv + s * kPageBytes); };
 
   if (tid == 0) {
@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_wait<0>();
         ptx::fence_regs(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc));
         page_softmax(sacc, m, l, alpha, pk, limit, w.page_begin * kPageSize, p.scale_log2, lane);
-        publish_p(pk, alpha, sp, scale, row0, lane);
+        publish_p(pk, alpha, sp_addr, scale_addr, row0, lane);
       }
       for (int j = 0; j < num_pages; ++j) {
         ptx::wgmma_fence();
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                      p.scale_log2, lane);
         rescale_o(o, alpha);
         ptx::named_barrier_sync(kBarFree, kThreads);  // V is done with P(j)
-        publish_p(pk, alpha, sp, scale, row0, lane);
+        publish_p(pk, alpha, sp_addr, scale_addr, row0, lane);
       }
 
       // Full row sums; hand max and sums to V once it is done with the last P.
@@ -276,7 +276,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         wait_full(bars, phase, s);
         trace_add_since(wait_ticks, wait_start);
         ptx::named_barrier_sync(kBarReady, kThreads);
-        const float alpha[2] = {scale[row0], scale[row0 + 8]};
+        const float alpha[2] = {ptx::ld_shared_f32(scale_addr + 4 * row0),
+                                ptx::ld_shared_f32(scale_addr + 4 * (row0 + 8))};
         rescale_o(o, alpha);
         ptx::wgmma_fence();
         issue_pv_smem(o, sp_addr, kv_addr(s));
