@@ -168,13 +168,14 @@ def mla_decode(
     lse: Tensor,
     o_accum: Tensor,
     lse_accum: Tensor,
+    q_pe: Tensor | None = None,
 ) -> None:
     """Paged MLA decode into caller-owned buffers: no allocation, no host sync (graph-safe).
 
     Args:
-        q: ``[B, s_q, h_q, 576]`` bf16 CUDA; last dim contiguous, other strides multiples of 8
-            elements (a strided view works), 16-byte aligned. ``1 <= s_q <= 16``,
-            ``1 <= h_q <= 128``.
+        q: ``[B, s_q, h_q, 576]`` bf16 CUDA (``[B, s_q, h_q, 512]``, the latent dims only, when
+            ``q_pe`` is given); last dim contiguous, other strides multiples of 8 elements (a
+            strided view works), 16-byte aligned. ``1 <= s_q <= 16``, ``1 <= h_q <= 128``.
         kv_cache: ``[num_pages, 64, 576]`` or ``[num_pages, 64, 1, 576]`` bf16; K is all 576 dims,
             V the first 512; last dim contiguous.
         block_table: ``[B, max_pages]`` int32 page ids; entries past ``ceil(L / 64)`` are never
@@ -187,6 +188,9 @@ def mla_decode(
             of 8 elements, 16-byte aligned.
         lse: ``[B, s_q, h_q]`` fp32, written: natural-log sum of exp of the scaled scores.
         o_accum, lse_accum: workspace from ``decode_workspace(part_meta.size(0), s_q * h_q)``.
+        q_pe: optional ``[B, s_q, h_q, 64]`` bf16, the rope dims of the queries, with the same
+            layout rules as ``q``: the two halves are read where they are, so a caller that
+            holds them apart (vLLM's ``(q_nope, q_pe)``) needs no ``torch.cat``.
 
     A query row that sees no position (``L == 0`` or ``L - s_q + i + 1 <= 0``) gets ``out = 0``
     and ``lse = -inf``.
@@ -205,6 +209,7 @@ def mla_decode(
         lse,
         o_accum,
         lse_accum,
+        q_pe,
     )
 
 
@@ -221,6 +226,7 @@ def _decode_fake(
     lse: Tensor,
     o_accum: Tensor,
     lse_accum: Tensor,
+    q_pe: Tensor | None = None,
 ) -> None:
     return None
 

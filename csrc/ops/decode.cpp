@@ -14,10 +14,20 @@ namespace {
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
+// A query tensor's layout rules (q, or the two halves q and q_pe): last dim contiguous, the
+// other strides multiples of 8 elements, base 16-byte aligned (16-byte copies per row chunk).
+void check_query_layout(const at::Tensor& t, const char* name) {
+  check_last_dim_contiguous(t, name);
+  TORCH_CHECK(t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0 && aligned16(t),
+              name, " must be 16-byte aligned with strides multiple of 8 elements, got strides ",
+              t.strides());
+}
+
 void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_table,
                   const at::Tensor& seqlens, const at::Tensor& part_meta,
                   const at::Tensor& batch_meta, const at::Tensor& out, const at::Tensor& lse,
-                  const at::Tensor& o_accum, const at::Tensor& lse_accum) {
+                  const at::Tensor& o_accum, const at::Tensor& lse_accum,
+                  const std::optional<at::Tensor>& q_pe) {
   check_dtype(q, "q", at::kBFloat16);
   check_dtype(kv_cache, "kv_cache", at::kBFloat16);
   check_dtype(block_table, "block_table", at::kInt);
@@ -29,18 +39,22 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
   check_dtype(o_accum, "o_accum", at::kBFloat16);
   check_dtype(lse_accum, "lse_accum", at::kFloat);
 
-  // q [B, s_q, h_q, 576]
-  TORCH_CHECK(q.dim() == 4, "q must be 4-D [batch, s_q, h_q, ", kDimQK, "], got shape ", q.sizes());
-  TORCH_CHECK(q.size(3) == kDimQK, "q's last dim (head dim) must be ", kDimQK, ", got ", q.size(3));
+  // q [B, s_q, h_q, 576], or q [B, s_q, h_q, 512] with q_pe [B, s_q, h_q, 64]
+  const int64_t q_dim = q_pe ? kDimV : kDimQK;
+  TORCH_CHECK(q.dim() == 4, "q must be 4-D [batch, s_q, h_q, ", q_dim, "], got shape ", q.sizes());
+  TORCH_CHECK(q.size(3) == q_dim, "q's last dim (head dim) must be ", q_dim,
+              q_pe ? " when q_pe is given" : "", ", got ", q.size(3));
   const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
   TORCH_CHECK(s_q >= 1 && s_q <= kMaxQTokens, "q's s_q (dim 1) must be in [1, ", kMaxQTokens,
               "], got ", s_q);
   TORCH_CHECK(h_q >= 1 && h_q <= kMaxHeads, "q's h_q (dim 2) must be in [1, ", kMaxHeads, "], got ",
               h_q);
-  check_last_dim_contiguous(q, "q");
-  TORCH_CHECK(q.stride(0) % 8 == 0 && q.stride(1) % 8 == 0 && q.stride(2) % 8 == 0 && aligned16(q),
-              "q must be 16-byte aligned with strides multiple of 8 elements, got strides ",
-              q.strides());
+  check_query_layout(q, "q");
+  if (q_pe) {
+    check_dtype(*q_pe, "q_pe", at::kBFloat16);
+    check_shape(*q_pe, "q_pe", {batch, s_q, h_q, kDimQK - kDimV});
+    check_query_layout(*q_pe, "q_pe");
+  }
 
   // kv_cache [num_pages, 64, 576] or [num_pages, 64, 1, 576]
   TORCH_CHECK(kv_cache.dim() == 3 || (kv_cache.dim() == 4 && kv_cache.size(2) == 1),
@@ -92,6 +106,7 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
   check_contiguous(lse_accum, "lse_accum");
 
   check_same_cuda_device(q, "q", q, "q");
+  if (q_pe) check_same_cuda_device(*q_pe, "q_pe", q, "q");
   check_same_cuda_device(kv_cache, "kv_cache", q, "q");
   check_same_cuda_device(block_table, "block_table", q, "q");
   check_same_cuda_device(seqlens, "seqlens", q, "q");
@@ -109,11 +124,12 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
 void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_table,
             const at::Tensor& seqlens, const at::Tensor& part_meta, const at::Tensor& batch_meta,
             double softmax_scale, bool causal, const at::Tensor& out, const at::Tensor& lse,
-            const at::Tensor& o_accum, const at::Tensor& lse_accum) {
+            const at::Tensor& o_accum, const at::Tensor& lse_accum,
+            const std::optional<at::Tensor>& q_pe) {
   TORCH_CHECK(std::isfinite(softmax_scale) && softmax_scale > 0,
               "softmax_scale must be finite and > 0, got ", softmax_scale);
   check_inputs(q, kv_cache, block_table, seqlens, part_meta, batch_meta, out, lse, o_accum,
-               lse_accum);
+               lse_accum, q_pe);
   if (q.size(0) == 0) return;
 
   const c10::cuda::CUDAGuard guard(q.device());
@@ -122,6 +138,11 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.q_batch_stride = q.stride(0);
   p.q_token_stride = q.stride(1);
   p.q_head_stride = q.stride(2);
+  const at::Tensor& pe = q_pe ? *q_pe : q;  // without q_pe: dims 512.. of q
+  p.q_pe = reinterpret_cast<const __nv_bfloat16*>(pe.data_ptr()) + (q_pe ? 0 : kDimV);
+  p.q_pe_batch_stride = pe.stride(0);
+  p.q_pe_token_stride = pe.stride(1);
+  p.q_pe_head_stride = pe.stride(2);
   p.kv = reinterpret_cast<const __nv_bfloat16*>(kv_cache.data_ptr());
   p.kv_page_stride = kv_cache.stride(0);
   p.kv_token_stride = kv_cache.stride(1);

@@ -80,11 +80,16 @@ __device__ __forceinline__ void load_q_async(const DecodeParams& p, int b, int r
     const int chunk = idx % kChunks;
     const int r = row_begin + row;
     const bool valid = r < p.rows;
-    // A row past the problem reads nothing (size 0) from a valid address.
-    const __nv_bfloat16* src = p.q;
+    // A row past the problem reads nothing (size 0) from a valid address. Chunks 0..63 are the
+    // latent dims (p.q), 64..71 the rope dims (p.q_pe).
+    const bool pe = chunk >= kDimV / 8;
+    const __nv_bfloat16* src = pe ? p.q_pe : p.q;
     if (valid) {
-      src += int64_t(b) * p.q_batch_stride + int64_t(r / p.h_q) * p.q_token_stride +
-             int64_t(r % p.h_q) * p.q_head_stride + chunk * 8;
+      const int token = r / p.h_q, head = r % p.h_q;
+      src += pe ? int64_t(b) * p.q_pe_batch_stride + int64_t(token) * p.q_pe_token_stride +
+                      int64_t(head) * p.q_pe_head_stride + (chunk - kDimV / 8) * 8
+                : int64_t(b) * p.q_batch_stride + int64_t(token) * p.q_token_stride +
+                      int64_t(head) * p.q_head_stride + chunk * 8;
     }
     ptx::cp_async_16(sq_addr + (chunk / 8) * (kTileRows * 128) + row * 128 +
                          (((chunk % 8) ^ (row & 7)) << 4),

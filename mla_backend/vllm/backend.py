@@ -191,9 +191,13 @@ class MlaBackendImpl(MLACommonImpl[MlaBackendMetadata]):
         """Decode attention: q ``[B * s_q, h, 576]`` -> (out ``[B * s_q, h, 512]``, lse)."""
         assert attn_metadata.decode is not None
         args = attn_metadata.decode.kernel
-        if isinstance(q, tuple):  # (q_nope absorbed into the latent space, q_pe)
-            q = torch.cat(q, dim=-1)
-        q = decode_query_view(q, args)
+        q_pe = None
+        if isinstance(q, tuple):  # (q_nope absorbed into the latent space, q_pe): read in place
+            q, q_pe = q
+            q_pe = decode_query_view(q_pe, args, HEAD_DIM_QK - HEAD_DIM_V)
+            q = decode_query_view(q, args, HEAD_DIM_V)
+        else:
+            q = decode_query_view(q, args)
         batch, s_q, heads, _ = q.shape
         # Outputs sized to this batch from the caching allocator (no cudaMalloc once warm; the
         # graph pool under capture), as vLLM's MLA backends do: a preallocated buffer would
@@ -213,5 +217,6 @@ class MlaBackendImpl(MLACommonImpl[MlaBackendMetadata]):
             lse,
             args.o_accum,
             args.lse_accum,
+            q_pe,
         )
         return out.view(batch * s_q, heads, HEAD_DIM_V), lse.view(batch * s_q, heads)

@@ -153,12 +153,16 @@ def map_decode(
     )
 
 
-def decode_query_view(q: Tensor, args: DecodeArgs) -> Tensor:
-    """vLLM's decode queries ``[B * s_q, h_q, 576]`` (request-major) as ``[B, s_q, h_q, 576]``."""
-    tokens, heads, dim = q.shape
-    if dim != HEAD_DIM_QK or tokens != args.batch * args.s_q:
+def decode_query_view(q: Tensor, args: DecodeArgs, dim: int = HEAD_DIM_QK) -> Tensor:
+    """vLLM's decode queries ``[B * s_q, h_q, dim]`` (request-major) as ``[B, s_q, h_q, dim]``.
+
+    ``dim`` is 576 for whole queries, 512 and 64 for the halves vLLM passes as a tuple. A strided
+    view stays a view (vLLM's absorbed ``q_nope`` is a transpose of a ``[h_q, B * s_q, 512]``
+    bmm output): only the token dim is split, which any stride allows.
+    """
+    tokens, heads, d = q.shape
+    if d != dim or tokens != args.batch * args.s_q:
         raise ValueError(
-            f"q {tuple(q.shape)} does not hold {args.batch} x {args.s_q} tokens of "
-            f"dim {HEAD_DIM_QK}"
+            f"q {tuple(q.shape)} does not hold {args.batch} x {args.s_q} tokens of dim {dim}"
         )
-    return q.view(args.batch, args.s_q, heads, dim)
+    return q.unflatten(0, (args.batch, args.s_q))

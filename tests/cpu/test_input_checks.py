@@ -136,6 +136,51 @@ def test_decode_accepts_supported_sizes_up_to_the_device_check(s_q, h_q):
     assert_nothing_written(args)
 
 
+def split_args() -> dict:
+    """valid_args with the queries in two halves: q [.., 512] and q_pe [.., 64]."""
+    args = valid_args()
+    args["q"] = bf16(BATCH, S_Q, H_Q, 512)
+    args["q_pe"] = bf16(BATCH, S_Q, H_Q, 64)
+    return args
+
+
+# (case id, argument to replace in split_args, bad value, regex the message must match)
+SPLIT_CASES = [
+    ("q_dim576_with_q_pe", "q", bf16(BATCH, S_Q, H_Q, 576), r"\bq\b.*512.*q_pe"),
+    ("q_pe_dim128", "q_pe", bf16(BATCH, S_Q, H_Q, 128), "q_pe"),
+    ("q_pe_fp16", "q_pe", torch.zeros(BATCH, S_Q, H_Q, 64, dtype=torch.half), "q_pe"),
+    ("q_pe_heads", "q_pe", bf16(BATCH, S_Q, H_Q + 1, 64), "q_pe"),
+    ("q_pe_batch", "q_pe", bf16(BATCH + 1, S_Q, H_Q, 64), "q_pe"),
+    ("q_pe_rank3", "q_pe", bf16(BATCH, H_Q, 64), "q_pe"),
+    ("q_pe_last_dim_strided", "q_pe", bf16(BATCH, S_Q, H_Q, 128)[..., ::2], "q_pe"),
+    ("q_pe_head_stride_not_16B", "q_pe", bf16(BATCH, S_Q, H_Q, 68)[..., :64], "q_pe"),
+    ("q_pe_base_not_16B", "q_pe", bf16(BATCH, S_Q, H_Q, 72)[..., 4:68], "q_pe"),
+    ("q_half_head_stride_not_16B", "q", bf16(BATCH, S_Q, H_Q, 516)[..., :512], r"\bq\b"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "match"), [c[1:] for c in SPLIT_CASES], ids=[c[0] for c in SPLIT_CASES]
+)
+def test_decode_split_query_rejects(name, bad, match):
+    args = split_args()
+    args[name] = bad
+    with pytest.raises(RuntimeError, match=match):
+        call_decode(args)
+    assert_nothing_written(args)
+
+
+def test_decode_split_query_accepted_up_to_the_device_check():
+    args = split_args()
+    with pytest.raises(RuntimeError, match=r"\bq\b.*CUDA"):
+        call_decode(args)
+    assert_nothing_written(args)
+    args["q"] = bf16(BATCH, S_Q, H_Q, 576)[..., :512]  # a view of a whole q works too
+    args["q_pe"] = bf16(BATCH, S_Q, H_Q, 576)[..., 512:]
+    with pytest.raises(RuntimeError, match=r"\bq\b.*CUDA"):
+        call_decode(args)
+
+
 def test_decode_accepts_4d_kv_cache_up_to_the_device_check():
     args = valid_args()
     args["kv_cache"] = bf16(PAGES, 64, 1, 576)

@@ -17,7 +17,8 @@ SCHEMAS = {
     "decode": (
         "mla_backend::decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seqlens, "
         "Tensor part_meta, Tensor batch_meta, float softmax_scale, bool causal, "
-        "Tensor(a!) out, Tensor(b!) lse, Tensor(c!) o_accum, Tensor(d!) lse_accum) -> ()"
+        "Tensor(a!) out, Tensor(b!) lse, Tensor(c!) o_accum, Tensor(d!) lse_accum, "
+        "Tensor? q_pe=None) -> ()"
     ),
     "build_info": "mla_backend::build_info() -> str",
 }
@@ -55,3 +56,10 @@ def test_fakes_run_without_kernels(device):
         )  # fmt: skip
         assert result is None
         assert out.shape == (batch, s_q, h_q, 512)
+        q_nope = torch.empty(batch, s_q, h_q, 512, dtype=torch.bfloat16, device=device)
+        q_pe = torch.empty(batch, s_q, h_q, 64, dtype=torch.bfloat16, device=device)
+        result = torch.ops.mla_backend.decode(
+            q_nope, kv_cache, block_table, seqlens, part_meta, batch_meta, 0.1, True,
+            out, lse, o_accum, lse_accum, q_pe,
+        )  # fmt: skip
+        assert result is None

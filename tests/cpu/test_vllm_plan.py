@@ -116,6 +116,27 @@ def test_mixed_prefill_and_decode():
     assert torch.equal(view[:, 0], q[:2])
 
 
+def test_query_halves_stay_views():
+    # forward_mqa gets (q_nope absorbed, q_pe) from vLLM: the absorbed half a transpose of the
+    # [h, tokens, 512] bmm output, q_pe a slice of the [tokens, h, 192] projection.
+    query_lens, seq_lens = [2, 2, 2], [9, 300, 70]
+    block_table, seq_lens_d, qsl, tokens = vllm_decode_slice(query_lens, seq_lens, threshold=2)
+    args = map_decode(block_table, seq_lens_d, tokens, buffers())
+    nope = torch.randn(HEADS, tokens, 512).transpose(0, 1)
+    proj = torch.randn(tokens, HEADS, 192)
+    q_pe = proj[..., 128:]
+    nope_view = decode_query_view(nope, args, 512)
+    pe_view = decode_query_view(q_pe, args, 64)
+    assert nope_view.shape == (3, 2, HEADS, 512) and pe_view.shape == (3, 2, HEADS, 64)
+    assert nope_view.data_ptr() == nope.data_ptr() and pe_view.data_ptr() == q_pe.data_ptr()
+    assert nope_view.stride()[2:] == nope.stride()[1:]  # heads and dims keep their strides
+    for b in range(3):
+        assert torch.equal(nope_view[b], nope[qsl[b] : qsl[b + 1]])
+        assert torch.equal(pe_view[b], q_pe[qsl[b] : qsl[b + 1]])
+    with pytest.raises(ValueError, match="dim 576"):
+        decode_query_view(nope, args)  # a half is not a whole query
+
+
 @pytest.mark.parametrize(
     ("query_lens", "num_decodes"),
     [([4, 4, 4], 3), ([4, 4, 1, 9], 2), ([3, 3, 4], 2), ([1, 1, 4], 2)],

@@ -32,8 +32,11 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator(device="cuda").manual_seed(seed)
 
 
-def run_decode(inputs, causal: bool, scale: float = SCALE, num_parts: int | None = None):
-    """Metadata + decode into NaN-poisoned buffers; returns (out, lse)."""
+def run_decode(
+    inputs, causal: bool, scale: float = SCALE, num_parts: int | None = None, q_halves=None
+):
+    """Metadata + decode into NaN-poisoned buffers; returns (out, lse). q_halves: (q, q_pe) to
+    pass instead of inputs.q (the same values, split)."""
     batch, s_q, h_q, _ = inputs.q.shape
     rows = s_q * h_q
     part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, rows, num_parts=num_parts)
@@ -43,9 +46,10 @@ def run_decode(inputs, causal: bool, scale: float = SCALE, num_parts: int | None
     o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), rows, "cuda")
     o_accum.fill_(nan)
     lse_accum.fill_(nan)
+    q, q_pe = q_halves if q_halves is not None else (inputs.q, None)
     ops.mla_decode(
-        inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
-        scale, causal, out, lse, o_accum, lse_accum,
+        q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
+        scale, causal, out, lse, o_accum, lse_accum, q_pe=q_pe,
     )  # fmt: skip
     return out, lse
 
@@ -104,6 +108,40 @@ def test_layouts(kv_4d, q_strided, s_q, h_q):
     )  # fmt: skip
     out, lse = run_decode(inputs, causal=True)
     check(out, lse, inputs, causal=True)
+
+
+def split_query(q: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, s_q, h, 576] as (latent half, rope half) in a layout a caller may hold, with NaN
+    in every element around them that the kernel must not read."""
+    batch, s_q, h_q, _ = q.shape
+    tokens = batch * s_q
+    if layout == "vllm":
+        # vLLM: the absorbed q_nope is a transpose of a [h, tokens, 512] bmm output; q_pe a slice
+        # of the [tokens, h, 192] projection (nope 128, rope 64).
+        nope = torch.full((h_q, tokens, 512), float("nan"), dtype=q.dtype, device=q.device)
+        nope.copy_(q[..., :512].reshape(tokens, h_q, 512).transpose(0, 1))
+        proj = torch.full((tokens, h_q, 192), float("nan"), dtype=q.dtype, device=q.device)
+        proj[..., 128:] = q[..., 512:].reshape(tokens, h_q, 64)
+        return (
+            nope.transpose(0, 1).unflatten(0, (batch, s_q)),
+            proj[..., 128:].unflatten(0, (batch, s_q)),
+        )
+    if layout == "separate":
+        return q[..., :512].contiguous(), q[..., 512:].contiguous()
+    assert layout == "views"  # both halves views of the whole q
+    return q[..., :512], q[..., 512:]
+
+
+@pytest.mark.parametrize("layout", ["vllm", "separate", "views"])
+@pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (4, 128), (2, 3), (1, 128)])
+def test_split_query(layout, s_q, h_q):
+    """q's latent and rope dims passed apart (q_pe) give the result of the whole q."""
+    inputs = make_decode_inputs([200, 0, 64, 1000], s_q, h_q, device="cuda", generator=gen(5))
+    halves = split_query(inputs.q, layout)
+    out, lse = run_decode(inputs, causal=True, q_halves=halves)
+    check(out, lse, inputs, causal=True)
+    whole_out, whole_lse = run_decode(inputs, causal=True)
+    assert torch.equal(out, whole_out) and torch.equal(lse, whole_lse)
 
 
 @pytest.mark.parametrize("num_parts", [1, 2, 7, 33, 1000])

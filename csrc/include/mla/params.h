@@ -43,8 +43,13 @@ struct MetadataParams {
 
 struct DecodeParams {
   // Inputs
-  const __nv_bfloat16* q;  // [batch, s_q, h_q, 576], last dim contiguous
+  // Q's dims 0..511 (the latent part) and 512..575 (the rope part) by separate pointers and
+  // strides, so that a caller holding the two halves apart (vLLM: q_nope absorbed into the
+  // latent space, q_pe) needs no concatenation; for a whole [.., 576] q, q_pe = q + 512.
+  const __nv_bfloat16* q;  // [batch, s_q, h_q, >= 512], last dim contiguous
   int64_t q_batch_stride, q_token_stride, q_head_stride;
+  const __nv_bfloat16* q_pe;  // [batch, s_q, h_q, 64], last dim contiguous
+  int64_t q_pe_batch_stride, q_pe_token_stride, q_pe_head_stride;
   const __nv_bfloat16* kv;  // [num_pages, 64, 576] (or [num_pages, 64, 1, 576]), last dim contiguous
   int64_t kv_page_stride, kv_token_stride;
   int num_pages;
