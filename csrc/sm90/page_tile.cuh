@@ -60,40 +60,53 @@ __device__ __forceinline__ void zero_tail(uint8_t* stage, int valid, int tid, in
 }
 
 // Q rows [row_begin, row_begin + kTileRows) of sequence b in the same swizzled layout (atom
-// column kb at kb * kTileRows * 128); rows past s_q * h_q are zero. Asynchronous: every 16-byte
-// chunk is one cp.async, all in flight at once (a plain load/store loop leaves them dependent
-// one after another, ~18 memory latencies for a 64-row tile). The caller completes them with
+// column kb at kb * kTileRows * 128); rows past s_q * h_q are zero. Dims 0..511 come from p.q, dims
+// 512..575 from p.q_pe (the two halves of a split query, or q + 512). Asynchronous: every 16-byte
+// chunk is one cp.async, all in flight at once (a plain load/store loop leaves them dependent one
+// after another, ~18 memory latencies for a 64-row tile). A thread keeps one chunk column per
+// half, so only the row changes between its copies. The caller completes them with
 // cp_async_wait_all, then fence_proxy_async_shared (wgmma reads Q) and a barrier.
 template <int kTileRows, int kThreads>
 __device__ __forceinline__ void load_q_async(const DecodeParams& p, int b, int row_begin,
                                              uint8_t* sq, int tid) {
-  constexpr int kChunks = kDimQK / 8;
-  constexpr int kTotal = kTileRows * kChunks;
+  constexpr int kLatentChunks = kDimV / 8;        // 64 per row
+  constexpr int kRopeChunks = (kDimQK - kDimV) / 8;  // 8 per row
+  static_assert(kThreads % kLatentChunks == 0 && kTileRows % (kThreads / kLatentChunks) == 0 &&
+                    kTileRows % (kThreads / kRopeChunks) == 0,
+                "whole rows per pass");
   const uint32_t sq_addr = ptx::smem_addr(sq);
-  // Not unrolled: the copies are asynchronous anyway, and unrolling kept every address live at once
-  // (spills in the 64-row kernel, whose O accumulators hold 128 registers).
-#pragma unroll 1
-  for (int i = 0; i < (kTotal + kThreads - 1) / kThreads; ++i) {
-    const int idx = tid + i * kThreads;
-    if (kTotal % kThreads != 0 && idx >= kTotal) break;
-    const int row = idx / kChunks;
-    const int chunk = idx % kChunks;
+  // Query row r is (token r / h_q, head r % h_q). r < 2^11 and h_q <= 128, so (r + 0.5) / h_q
+  // lies at least 1/256 from an integer while the float product errs by under 2^-12: truncation
+  // gives the exact quotient without an integer division per copy.
+  const float inv_h = 1.f / static_cast<float>(p.h_q);
+  auto copy = [&](const __nv_bfloat16* base, int64_t batch_stride, int64_t token_stride,
+                  int64_t head_stride, int row, int chunk, int dim) {
     const int r = row_begin + row;
     const bool valid = r < p.rows;
-    // A row past the problem reads nothing (size 0) from a valid address. Chunks 0..63 are the
-    // latent dims (p.q), 64..71 the rope dims (p.q_pe).
-    const bool pe = chunk >= kDimV / 8;
-    const __nv_bfloat16* src = pe ? p.q_pe : p.q;
+    const __nv_bfloat16* src = base;  // a row past the problem reads nothing from a valid address
     if (valid) {
-      const int token = r / p.h_q, head = r % p.h_q;
-      src += pe ? int64_t(b) * p.q_pe_batch_stride + int64_t(token) * p.q_pe_token_stride +
-                      int64_t(head) * p.q_pe_head_stride + (chunk - kDimV / 8) * 8
-                : int64_t(b) * p.q_batch_stride + int64_t(token) * p.q_token_stride +
-                      int64_t(head) * p.q_head_stride + chunk * 8;
+      const int token = static_cast<int>((static_cast<float>(r) + 0.5f) * inv_h);
+      const int head = r - token * p.h_q;
+      src += int64_t(b) * batch_stride + int64_t(token) * token_stride +
+             int64_t(head) * head_stride + dim;
     }
-    ptx::cp_async_16(sq_addr + (chunk / 8) * (kTileRows * 128) + row * 128 +
-                         (((chunk % 8) ^ (row & 7)) << 4),
-                     src, valid ? 16 : 0);
+    ptx::cp_async_16(
+        sq_addr + (chunk / 8) * (kTileRows * 128) + row * 128 + (((chunk % 8) ^ (row & 7)) << 4),
+        src, valid ? 16 : 0);
+  };
+  // Not unrolled: the copies are asynchronous anyway, and unrolling kept every address live at once
+  // (spills in the 64-row kernel, whose O accumulators hold 128 registers).
+  const int latent_chunk = tid % kLatentChunks;
+#pragma unroll 1
+  for (int row = tid / kLatentChunks; row < kTileRows; row += kThreads / kLatentChunks) {
+    copy(p.q, p.q_batch_stride, p.q_token_stride, p.q_head_stride, row, latent_chunk,
+         latent_chunk * 8);
+  }
+  const int rope_chunk = tid % kRopeChunks;
+#pragma unroll 1
+  for (int row = tid / kRopeChunks; row < kTileRows; row += kThreads / kRopeChunks) {
+    copy(p.q_pe, p.q_pe_batch_stride, p.q_pe_token_stride, p.q_pe_head_stride, row,
+         kLatentChunks + rope_chunk, rope_chunk * 8);
   }
 }
 

@@ -133,7 +133,7 @@ def split_query(q: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tenso
 
 
 @pytest.mark.parametrize("layout", ["vllm", "separate", "views"])
-@pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (4, 128), (2, 3), (1, 128)])
+@pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (4, 128), (2, 3), (1, 128), (16, 127)])
 def test_split_query(layout, s_q, h_q):
     """q's latent and rope dims passed apart (q_pe) give the result of the whole q."""
     inputs = make_decode_inputs([200, 0, 64, 1000], s_q, h_q, device="cuda", generator=gen(5))
