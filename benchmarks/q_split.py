@@ -5,46 +5,29 @@
 vLLM hands an MLA backend's forward_mqa the absorbed q_nope as a transpose of its
 [h, tokens, 512] bmm output and q_pe as a slice of the [tokens, h, 192] query projection. Per
 shape: metadata + decode after torch.cat (what FlashMLA's backend does), metadata + decode with
-q_pe (ours since v12), and the torch.cat alone; each as 20 steps in one CUDA graph, the median
-of 15 replays. Checks that both give the same output bit for bit.
+q_pe (ours since v12), and the torch.cat alone; each timed in a CUDA graph by bench_decode's
+time_calls. Checks that both give the same output bit for bit.
 """
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from bench_decode import time_calls  # noqa: E402
 
 from mla_backend import ops  # noqa: E402
 
 SHAPES = [(128, 64, 6144), (16, 64, 6144), (128, 8, 4096), (16, 128, 1024), (128, 128, 1024)]
-STEPS = 20
 
 
 def graph_us(fn) -> float:
-    """Median µs per call of fn, captured STEPS times in one CUDA graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(STEPS):
-            fn()
-    times = []
-    for _ in range(15):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / STEPS)
-    return statistics.median(times)
+    """Median µs per call of fn in a CUDA graph."""
+    return time_calls([fn], budget_s=0.3, min_reps=5, max_reps=30, min_replay_s=2e-3).us
 
 
 def run(heads: int, batch: int, ctx: int) -> str:

@@ -97,45 +97,6 @@ DECODE_CASES = [
 ]
 
 
-def call_decode(args: dict) -> None:
-    torch.ops.mla_backend.decode(**args)
-
-
-def assert_nothing_written(args: dict, replaced: str = "") -> None:
-    for name in {"out", "lse", "o_accum", "lse_accum"} - {replaced}:
-        assert (args[name] == SENTINEL).all(), f"{name} was written"
-
-
-@pytest.mark.parametrize(
-    ("name", "bad", "match"), [c[1:] for c in DECODE_CASES], ids=[c[0] for c in DECODE_CASES]
-)
-def test_decode_rejects(name, bad, match):
-    args = valid_args()
-    args[name] = bad
-    with pytest.raises(RuntimeError, match=match):
-        call_decode(args)
-    assert_nothing_written(args, replaced=name)
-
-
-@pytest.mark.parametrize(
-    ("s_q", "h_q", "match"),
-    [(MAX_S_Q + 1, 1, r"s_q"), (1, MAX_HEADS + 1, r"h_q"), (1, 0, "h_q")],
-)
-def test_decode_rejects_unsupported_sizes(s_q, h_q, match):
-    args = valid_args(s_q=s_q, h_q=h_q)
-    with pytest.raises(RuntimeError, match=match):
-        call_decode(args)
-    assert_nothing_written(args)
-
-
-@pytest.mark.parametrize(("s_q", "h_q"), [(MAX_S_Q, 1), (1, MAX_HEADS), (4, 3)])
-def test_decode_accepts_supported_sizes_up_to_the_device_check(s_q, h_q):
-    args = valid_args(s_q=s_q, h_q=h_q)
-    with pytest.raises(RuntimeError, match="CUDA"):
-        call_decode(args)
-    assert_nothing_written(args)
-
-
 def split_args() -> dict:
     """valid_args with the queries in two halves: q [.., 512] and q_pe [.., 64]."""
     args = valid_args()
@@ -159,13 +120,47 @@ SPLIT_CASES = [
 ]
 
 
+def call_decode(args: dict) -> None:
+    torch.ops.mla_backend.decode(**args)
+
+
+def assert_nothing_written(args: dict, replaced: str = "") -> None:
+    for name in {"out", "lse", "o_accum", "lse_accum"} - {replaced}:
+        assert (args[name] == SENTINEL).all(), f"{name} was written"
+
+
+# Every case on the whole-q arguments, then the split ones on q [.., 512] + q_pe [.., 64].
+REJECT_CASES = [(valid_args, *c) for c in DECODE_CASES] + [(split_args, *c) for c in SPLIT_CASES]
+
+
 @pytest.mark.parametrize(
-    ("name", "bad", "match"), [c[1:] for c in SPLIT_CASES], ids=[c[0] for c in SPLIT_CASES]
+    ("base", "name", "bad", "match"),
+    [(c[0], *c[2:]) for c in REJECT_CASES],
+    ids=[c[1] for c in REJECT_CASES],
 )
-def test_decode_split_query_rejects(name, bad, match):
-    args = split_args()
+def test_decode_rejects(base, name, bad, match):
+    args = base()
     args[name] = bad
     with pytest.raises(RuntimeError, match=match):
+        call_decode(args)
+    assert_nothing_written(args, replaced=name)
+
+
+@pytest.mark.parametrize(
+    ("s_q", "h_q", "match"),
+    [(MAX_S_Q + 1, 1, r"s_q"), (1, MAX_HEADS + 1, r"h_q"), (1, 0, "h_q")],
+)
+def test_decode_rejects_unsupported_sizes(s_q, h_q, match):
+    args = valid_args(s_q=s_q, h_q=h_q)
+    with pytest.raises(RuntimeError, match=match):
+        call_decode(args)
+    assert_nothing_written(args)
+
+
+@pytest.mark.parametrize(("s_q", "h_q"), [(MAX_S_Q, 1), (1, MAX_HEADS), (4, 3)])
+def test_decode_accepts_supported_sizes_up_to_the_device_check(s_q, h_q):
+    args = valid_args(s_q=s_q, h_q=h_q)
+    with pytest.raises(RuntimeError, match="CUDA"):
         call_decode(args)
     assert_nothing_written(args)
 
