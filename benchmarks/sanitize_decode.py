@@ -5,7 +5,7 @@
 
 Each case runs metadata + decode once (3 to 128 query rows, one or several 64-row tiles, split
 and unsplit sequences, partial pages, empty sequences, s_q > 1 with causal masking; the
-planner's part-size search and its global-memory path over 4096 sequences) and
+planner's part-size search and its global-memory path over 4096 sequences; varlen queries) and
 checks the result against the fp32 reference, so a run that the tool passes also computed the
 right thing. Exit status 1 if a check fails. ``--no-check`` (for racecheck) skips the reference,
 which is slow under racecheck and whose cuBLAS matmuls draw reports that are not ours, and the
@@ -20,7 +20,11 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from mla_backend import ops  # noqa: E402
-from mla_backend.reference import check_decode_output, make_decode_inputs  # noqa: E402
+from mla_backend.reference import (  # noqa: E402
+    check_decode_output,
+    make_decode_inputs,
+    varlen_queries,
+)
 
 SCALE = 192**-0.5
 # (seqlens, s_q, h_q, num_parts): None = the default split.
@@ -36,6 +40,35 @@ CASES = [
     ([300, 2000] * 20, 2, 64, None),
     ([1, 70, 0, 130] * 1025 + [3000], 1, 16, None),  # 4101 sequences: the metadata kernel
 ]
+# Varlen (q_start): (seqlens, query tokens per sequence, max_q_len, h_q, num_parts); the row
+# tiles past a short sequence's rows are skipped by the main kernel and the combine.
+VARLEN_CASES = [
+    ([700, 65, 0, 200], [3, 1, 2, 4], 4, 32, 5),
+    ([300, 129], [1, 2], 3, 128, None),
+]
+
+
+def run_varlen(seed: int, seqlens, q_lens, max_q_len, h_q, num_parts, check: bool) -> str:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    inputs = make_decode_inputs(seqlens, max_q_len, h_q, device="cuda", generator=gen)
+    q, q_start = varlen_queries(inputs.q, q_lens)
+    rows = max_q_len * h_q
+    part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, rows, num_parts=num_parts)
+    out = torch.full((q.shape[0], h_q, 512), float("nan"), dtype=torch.bfloat16, device="cuda")
+    lse = torch.full((q.shape[0], h_q), float("nan"), device="cuda")
+    o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), rows, "cuda")
+    ops.mla_decode(
+        q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta, SCALE,
+        True, out, lse, o_accum, lse_accum, q_start=q_start, max_q_len=max_q_len,
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    if not check:
+        return "ran, not checked"
+    check_decode_output(
+        out, lse, q, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE, True,
+        q_start=q_start,
+    )  # fmt: skip
+    return "ok"
 
 
 def main() -> int:
@@ -74,6 +107,13 @@ def main() -> int:
                 status = f"FAIL {str(err).splitlines()[0]}"
         shown = seqlens if batch <= 8 else f"{batch} sequences"
         print(f"seqlens={shown} s_q={s_q} h_q={h_q} num_parts={num_parts}: {status}", flush=True)
+    for seed, (seqlens, q_lens, max_q_len, h_q, num_parts) in enumerate(VARLEN_CASES, start=100):
+        try:
+            status = run_varlen(seed, seqlens, q_lens, max_q_len, h_q, num_parts, check)
+        except AssertionError as err:
+            failures += 1
+            status = f"FAIL {str(err).splitlines()[0]}"
+        print(f"varlen seqlens={seqlens} q_lens={q_lens} h_q={h_q}: {status}", flush=True)
     return 1 if failures else 0
 
 

@@ -23,7 +23,8 @@ TORCH_LIBRARY(mla_backend, m) {
   m.def(
       "decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seqlens, Tensor part_meta, "
       "Tensor batch_meta, float softmax_scale, bool causal, Tensor(a!) out, Tensor(b!) lse, "
-      "Tensor(c!) o_accum, Tensor(d!) lse_accum, Tensor? q_pe=None) -> ()");
+      "Tensor(c!) o_accum, Tensor(d!) lse_accum, Tensor? q_pe=None, Tensor? q_start=None, "
+      "int max_q_len=0) -> ()");
   m.def("build_info() -> str", &mla::ops::build_info);
 }
 

@@ -503,7 +503,8 @@ LOG_EVIDENCE = {
 PROC_PREFIX = re.compile(r"\((?P<name>[A-Za-z][\w.-]*)(?: rank=(?P<rank>\d+))? pid=(?P<pid>\d+)\) ")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 DECODE_LINE = re.compile(
-    r"mla_backend: decode batch with (\d+) query token\(s\) per request, (\d+) heads"
+    r"mla_backend: (?:varlen )?decode batch with (?:up to )?(\d+) query token\(s\) per request, "
+    r"(\d+) heads"
 )
 ENV_ON_LINE = re.compile(r"\benv (\S+)")
 

@@ -169,6 +169,8 @@ def mla_decode(
     o_accum: Tensor,
     lse_accum: Tensor,
     q_pe: Tensor | None = None,
+    q_start: Tensor | None = None,
+    max_q_len: int = 0,
 ) -> None:
     """Paged MLA decode into caller-owned buffers: no allocation, no host sync (graph-safe).
 
@@ -191,6 +193,14 @@ def mla_decode(
         q_pe: optional ``[B, s_q, h_q, 64]`` bf16, the rope dims of the queries, with the same
             layout rules as ``q``: the two halves are read where they are, so a caller that
             holds them apart (vLLM's ``(q_nope, q_pe)``) needs no ``torch.cat``.
+        q_start, max_q_len: varlen queries (speculative decoding with drafts of different
+            lengths). ``q_start`` ``[B + 1]`` int32 on the device: sequence ``b``'s query tokens
+            are ``q_start[b] .. q_start[b + 1] - 1`` (vLLM's ``query_start_loc``); ``q`` is then
+            ``[T, h_q, 576]`` (``q_pe`` ``[T, h_q, 64]``), ``out`` ``[T, h_q, 512]`` and ``lse``
+            ``[T, h_q]``. ``max_q_len`` (1 to 16, on the host) must be at least every sequence's
+            query count: it sizes the grid and the workspace (``s_q * h_q`` rows with
+            ``s_q = max_q_len``); tokens of a sequence past it are not written. Causal: token
+            ``i`` of a sequence with ``q_len`` tokens sees positions ``< L - q_len + i + 1``.
 
     A query row that sees no position (``L == 0`` or ``L - s_q + i + 1 <= 0``) gets ``out = 0``
     and ``lse = -inf``.
@@ -210,6 +220,8 @@ def mla_decode(
         o_accum,
         lse_accum,
         q_pe,
+        q_start,
+        max_q_len,
     )
 
 
@@ -227,6 +239,8 @@ def _decode_fake(
     o_accum: Tensor,
     lse_accum: Tensor,
     q_pe: Tensor | None = None,
+    q_start: Tensor | None = None,
+    max_q_len: int = 0,
 ) -> None:
     return None
 

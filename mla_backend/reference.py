@@ -29,6 +29,7 @@ def mla_decode_reference(
     causal: bool = True,
     *,
     compute_dtype: torch.dtype = torch.float32,
+    q_start: Sequence[int] | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paged MLA decode, computed plainly (reads ``seqlens`` on the host; not for the hot path).
 
@@ -43,12 +44,32 @@ def mla_decode_reference(
         causal: query token ``i`` sees cache positions ``< L - s_q + i + 1``; otherwise all ``< L``.
         compute_dtype: dtype of the arithmetic; fp32 is the reference, bf16 gives the
             same-precision baseline of the tests' error rule.
+        q_start: varlen queries: ``[B + 1]`` token offsets, sequence ``b``'s query tokens are
+            ``q[q_start[b]:q_start[b + 1]]`` of a ``[T, h_q, 576]`` q (``q_len`` of them; causal:
+            token ``i`` sees positions ``< L - q_len + i + 1``); out and lse are then
+            ``[T, h_q, 512]`` and ``[T, h_q]``, and tokens of no sequence get ``0`` / ``-inf``.
 
     Returns:
         ``out`` fp32 ``[B, s_q, h_q, 512]`` and ``lse`` fp32 ``[B, s_q, h_q]``, the natural-log
         sum of exp of the scaled scores. A row that sees no position gets ``out = 0`` and
         ``lse = -inf``. Cache slots at positions ``>= L`` are never read, so NaN there is harmless.
     """
+    if q_start is not None:
+        starts = [int(x) for x in (q_start.tolist() if torch.is_tensor(q_start) else q_start)]
+        if len(starts) != seqlens.shape[0] + 1:
+            raise ValueError(f"q_start needs {seqlens.shape[0] + 1} offsets, got {len(starts)}")
+        out = torch.zeros(*q.shape[:-1], HEAD_DIM_V, dtype=torch.float32, device=q.device)
+        lse = torch.full(q.shape[:-1], -math.inf, dtype=torch.float32, device=q.device)
+        for b in range(seqlens.shape[0]):
+            lo, hi = starts[b], starts[b + 1]
+            if hi <= lo:
+                continue
+            o, s = mla_decode_reference(
+                q[None, lo:hi], kv_cache, block_table[b : b + 1], seqlens[b : b + 1],
+                softmax_scale, causal, compute_dtype=compute_dtype,
+            )  # fmt: skip
+            out[lo:hi], lse[lo:hi] = o[0], s[0]
+        return out, lse
     batch, s_q, h_q, head_dim = q.shape
     if head_dim != HEAD_DIM_QK:
         raise ValueError(f"q last dim must be {HEAD_DIM_QK}, got {head_dim}")
@@ -130,8 +151,10 @@ def check_decode_output(
     mean_atol: float = 1e-4,
     lse_rtol: float = 1e-3,
     min_cosine: float = 0.999,
+    q_start: Sequence[int] | torch.Tensor | None = None,
 ) -> None:
-    """Raise AssertionError unless a kernel's ``out`` / ``lse`` (``[B, s_q, h_q]``) are right.
+    """Raise AssertionError unless a kernel's ``out`` / ``lse`` (``[B, s_q, h_q]``) are right
+    (``[T, h_q]`` with ``q_start``: varlen, as in ``mla_decode_reference``).
 
     FlashAttention-3's rule: the max error against the fp32 reference is at most twice that of
     the same computation in bf16 PyTorch, plus ``out_atol`` (and likewise the mean error, plus
@@ -142,8 +165,8 @@ def check_decode_output(
     unwritten elements).
     """
     args = (q, kv_cache, block_table, seqlens, softmax_scale, causal)
-    ref_out, ref_lse = mla_decode_reference(*args)
-    low_out, _ = mla_decode_reference(*args, compute_dtype=torch.bfloat16)
+    ref_out, ref_lse = mla_decode_reference(*args, q_start=q_start)
+    low_out, _ = mla_decode_reference(*args, compute_dtype=torch.bfloat16, q_start=q_start)
 
     assert not out.isnan().any(), "out has NaN: an element was not written, or NaN leaked in"
     assert not lse.isnan().any(), "lse has NaN: an element was not written, or NaN leaked in"
@@ -183,6 +206,18 @@ def _attend(
     probs = torch.exp(scores - lse[..., None]).masked_fill(~visible, 0.0)
     out = torch.einsum("shl,lv->shv", probs, v)
     return out.float(), lse.float()
+
+
+def varlen_queries(q: torch.Tensor, q_lens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``q_lens[b]`` query tokens of each sequence of a ``[B, s_q, h_q, D]`` q, as the
+    varlen layout: ``q`` ``[T, h_q, D]`` (contiguous) and ``q_start`` ``[B + 1]`` int32."""
+    if len(q_lens) != q.shape[0] or any(n < 0 or n > q.shape[1] for n in q_lens):
+        raise ValueError(f"q_lens {list(q_lens)} do not fit q {tuple(q.shape)}")
+    flat = torch.cat([q[b, :n] for b, n in enumerate(q_lens)]).contiguous()
+    starts = [0]
+    for n in q_lens:
+        starts.append(starts[-1] + n)
+    return flat, torch.tensor(starts, dtype=torch.int32, device=q.device)
 
 
 def visible_positions(s_q: int, length: int, causal: bool, device=None) -> torch.Tensor:

@@ -14,21 +14,80 @@ namespace {
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
-// A query tensor's layout rules (q, or the two halves q and q_pe): last dim contiguous, the
-// other strides multiples of 8 elements, base 16-byte aligned (16-byte copies per row chunk).
-void check_query_layout(const at::Tensor& t, const char* name) {
+// The layout rules of q, q_pe and out: last dim contiguous, the other strides multiples of 8
+// elements, base 16-byte aligned (16-byte copies per row chunk).
+void check_row_layout(const at::Tensor& t, const char* name) {
   check_last_dim_contiguous(t, name);
-  TORCH_CHECK(t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0 && aligned16(t),
-              name, " must be 16-byte aligned with strides multiple of 8 elements, got strides ",
+  bool ok = aligned16(t);
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) ok = ok && t.stride(d) % 8 == 0;
+  TORCH_CHECK(ok, name, " must be 16-byte aligned with strides multiple of 8 elements, got strides ",
               t.strides());
 }
 
-void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_table,
+// The queries' sizes: uniform (q [B, s_q, h_q, D]) or varlen (q [T, h_q, D], sequence b's
+// tokens q_start[b] .. q_start[b + 1] - 1, at most max_q_len of them; s_q = max_q_len).
+struct QueryShape {
+  int64_t batch, s_q, h_q, tokens;
+  bool varlen;
+};
+
+QueryShape check_queries(const at::Tensor& q, const std::optional<at::Tensor>& q_pe,
+                         const at::Tensor& seqlens, const std::optional<at::Tensor>& q_start,
+                         int64_t max_q_len) {
+  check_dtype(q, "q", at::kBFloat16);
+  const int64_t q_dim = q_pe ? kDimV : kDimQK;
+  const char* pe_note = q_pe ? " when q_pe is given" : "";
+  QueryShape qs;
+  qs.varlen = q_start.has_value();
+  if (!qs.varlen) {
+    // q [B, s_q, h_q, 576], or q [B, s_q, h_q, 512] with q_pe [B, s_q, h_q, 64]
+    TORCH_CHECK(q.dim() == 4, "q must be 4-D [batch, s_q, h_q, ", q_dim, "], got shape ",
+                q.sizes());
+    TORCH_CHECK(q.size(3) == q_dim, "q's last dim (head dim) must be ", q_dim, pe_note, ", got ",
+                q.size(3));
+    qs.batch = q.size(0);
+    qs.s_q = q.size(1);
+    qs.h_q = q.size(2);
+    qs.tokens = qs.batch * qs.s_q;
+    TORCH_CHECK(qs.s_q >= 1 && qs.s_q <= kMaxQTokens, "q's s_q (dim 1) must be in [1, ",
+                kMaxQTokens, "], got ", qs.s_q);
+  } else {
+    // q [T, h_q, 576] (or 512 with q_pe [T, h_q, 64]), q_start [B + 1]
+    TORCH_CHECK(q.dim() == 3, "q must be 3-D [tokens, h_q, ", q_dim,
+                "] when q_start is given, got shape ", q.sizes());
+    TORCH_CHECK(q.size(2) == q_dim, "q's last dim (head dim) must be ", q_dim, pe_note, ", got ",
+                q.size(2));
+    qs.batch = seqlens.dim() == 1 ? seqlens.size(0) : 0;
+    qs.s_q = max_q_len;
+    qs.h_q = q.size(1);
+    qs.tokens = q.size(0);
+    TORCH_CHECK(max_q_len >= 1 && max_q_len <= kMaxQTokens, "max_q_len must be in [1, ",
+                kMaxQTokens, "] when q_start is given, got ", max_q_len);
+    check_dtype(*q_start, "q_start", at::kInt);
+    check_shape(*q_start, "q_start", {qs.batch + 1});
+    check_contiguous(*q_start, "q_start");
+  }
+  TORCH_CHECK(qs.h_q >= 1 && qs.h_q <= kMaxHeads, "q's h_q must be in [1, ", kMaxHeads, "], got ",
+              qs.h_q);
+  check_row_layout(q, "q");
+  if (q_pe) {
+    check_dtype(*q_pe, "q_pe", at::kBFloat16);
+    if (qs.varlen) {
+      check_shape(*q_pe, "q_pe", {qs.tokens, qs.h_q, kDimQK - kDimV});
+    } else {
+      check_shape(*q_pe, "q_pe", {qs.batch, qs.s_q, qs.h_q, kDimQK - kDimV});
+    }
+    check_row_layout(*q_pe, "q_pe");
+  }
+  return qs;
+}
+
+QueryShape check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_table,
                   const at::Tensor& seqlens, const at::Tensor& part_meta,
                   const at::Tensor& batch_meta, const at::Tensor& out, const at::Tensor& lse,
                   const at::Tensor& o_accum, const at::Tensor& lse_accum,
-                  const std::optional<at::Tensor>& q_pe) {
-  check_dtype(q, "q", at::kBFloat16);
+                  const std::optional<at::Tensor>& q_pe, const std::optional<at::Tensor>& q_start,
+                  int64_t max_q_len) {
   check_dtype(kv_cache, "kv_cache", at::kBFloat16);
   check_dtype(block_table, "block_table", at::kInt);
   check_dtype(seqlens, "seqlens", at::kInt);
@@ -39,22 +98,8 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
   check_dtype(o_accum, "o_accum", at::kBFloat16);
   check_dtype(lse_accum, "lse_accum", at::kFloat);
 
-  // q [B, s_q, h_q, 576], or q [B, s_q, h_q, 512] with q_pe [B, s_q, h_q, 64]
-  const int64_t q_dim = q_pe ? kDimV : kDimQK;
-  TORCH_CHECK(q.dim() == 4, "q must be 4-D [batch, s_q, h_q, ", q_dim, "], got shape ", q.sizes());
-  TORCH_CHECK(q.size(3) == q_dim, "q's last dim (head dim) must be ", q_dim,
-              q_pe ? " when q_pe is given" : "", ", got ", q.size(3));
-  const int64_t batch = q.size(0), s_q = q.size(1), h_q = q.size(2);
-  TORCH_CHECK(s_q >= 1 && s_q <= kMaxQTokens, "q's s_q (dim 1) must be in [1, ", kMaxQTokens,
-              "], got ", s_q);
-  TORCH_CHECK(h_q >= 1 && h_q <= kMaxHeads, "q's h_q (dim 2) must be in [1, ", kMaxHeads, "], got ",
-              h_q);
-  check_query_layout(q, "q");
-  if (q_pe) {
-    check_dtype(*q_pe, "q_pe", at::kBFloat16);
-    check_shape(*q_pe, "q_pe", {batch, s_q, h_q, kDimQK - kDimV});
-    check_query_layout(*q_pe, "q_pe");
-  }
+  const QueryShape qs = check_queries(q, q_pe, seqlens, q_start, max_q_len);
+  const int64_t batch = qs.batch, s_q = qs.s_q, h_q = qs.h_q;
 
   // kv_cache [num_pages, 64, 576] or [num_pages, 64, 1, 576]
   TORCH_CHECK(kv_cache.dim() == 3 || (kv_cache.dim() == 4 && kv_cache.size(2) == 1),
@@ -84,13 +129,14 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
   check_shape(batch_meta, "batch_meta", {batch, 4});
   check_contiguous(batch_meta, "batch_meta");
 
-  check_shape(out, "out", {batch, s_q, h_q, kDimV});
-  check_last_dim_contiguous(out, "out");
-  TORCH_CHECK(out.stride(0) % 8 == 0 && out.stride(1) % 8 == 0 && out.stride(2) % 8 == 0 &&
-                  aligned16(out),
-              "out must be 16-byte aligned with strides multiple of 8 elements, got strides ",
-              out.strides());
-  check_shape(lse, "lse", {batch, s_q, h_q});
+  if (qs.varlen) {
+    check_shape(out, "out", {qs.tokens, h_q, kDimV});
+    check_shape(lse, "lse", {qs.tokens, h_q});
+  } else {
+    check_shape(out, "out", {batch, s_q, h_q, kDimV});
+    check_shape(lse, "lse", {batch, s_q, h_q});
+  }
+  check_row_layout(out, "out");
 
   const int64_t rows = s_q * h_q;
   const int64_t slots = 2 * part_meta.size(0);
@@ -107,6 +153,7 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
 
   check_same_cuda_device(q, "q", q, "q");
   if (q_pe) check_same_cuda_device(*q_pe, "q_pe", q, "q");
+  if (q_start) check_same_cuda_device(*q_start, "q_start", q, "q");
   check_same_cuda_device(kv_cache, "kv_cache", q, "q");
   check_same_cuda_device(block_table, "block_table", q, "q");
   check_same_cuda_device(seqlens, "seqlens", q, "q");
@@ -117,6 +164,7 @@ void check_inputs(const at::Tensor& q, const at::Tensor& kv_cache, const at::Ten
   check_same_cuda_device(o_accum, "o_accum", q, "q");
   check_same_cuda_device(lse_accum, "lse_accum", q, "q");
   check_sm90(q);
+  return qs;
 }
 
 }  // namespace
@@ -125,24 +173,31 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
             const at::Tensor& seqlens, const at::Tensor& part_meta, const at::Tensor& batch_meta,
             double softmax_scale, bool causal, const at::Tensor& out, const at::Tensor& lse,
             const at::Tensor& o_accum, const at::Tensor& lse_accum,
-            const std::optional<at::Tensor>& q_pe) {
+            const std::optional<at::Tensor>& q_pe, const std::optional<at::Tensor>& q_start,
+            int64_t max_q_len) {
   TORCH_CHECK(std::isfinite(softmax_scale) && softmax_scale > 0,
               "softmax_scale must be finite and > 0, got ", softmax_scale);
-  check_inputs(q, kv_cache, block_table, seqlens, part_meta, batch_meta, out, lse, o_accum,
-               lse_accum, q_pe);
-  if (q.size(0) == 0) return;
+  const QueryShape qs = check_inputs(q, kv_cache, block_table, seqlens, part_meta, batch_meta,
+                                     out, lse, o_accum, lse_accum, q_pe, q_start, max_q_len);
+  if (qs.batch == 0 || qs.tokens == 0) return;
 
+  // Batch, token and head strides of q, q_pe, out and lse; a varlen tensor has no batch dim
+  // (its token index carries the sequence: q_start).
+  auto strides = [&](const at::Tensor& t, int64_t& batch_stride, int64_t& token_stride,
+                     int64_t& head_stride) {
+    const int d = qs.varlen ? 0 : 1;  // the token dim; heads follow it
+    batch_stride = qs.varlen ? 0 : t.stride(0);
+    token_stride = t.stride(d);
+    head_stride = t.stride(d + 1);
+  };
   const c10::cuda::CUDAGuard guard(q.device());
   DecodeParams p;
   p.q = reinterpret_cast<const __nv_bfloat16*>(q.data_ptr());
-  p.q_batch_stride = q.stride(0);
-  p.q_token_stride = q.stride(1);
-  p.q_head_stride = q.stride(2);
+  strides(q, p.q_batch_stride, p.q_token_stride, p.q_head_stride);
   const at::Tensor& pe = q_pe ? *q_pe : q;  // without q_pe: dims 512.. of q
   p.q_pe = reinterpret_cast<const __nv_bfloat16*>(pe.data_ptr()) + (q_pe ? 0 : kDimV);
-  p.q_pe_batch_stride = pe.stride(0);
-  p.q_pe_token_stride = pe.stride(1);
-  p.q_pe_head_stride = pe.stride(2);
+  strides(pe, p.q_pe_batch_stride, p.q_pe_token_stride, p.q_pe_head_stride);
+  p.q_start = q_start ? q_start->data_ptr<int>() : nullptr;
   p.kv = reinterpret_cast<const __nv_bfloat16*>(kv_cache.data_ptr());
   p.kv_page_stride = kv_cache.stride(0);
   p.kv_token_stride = kv_cache.stride(1);
@@ -154,18 +209,14 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.part_meta = part_meta.data_ptr<int>();
   p.batch_meta = batch_meta.data_ptr<int>();
   p.out = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
-  p.out_batch_stride = out.stride(0);
-  p.out_token_stride = out.stride(1);
-  p.out_head_stride = out.stride(2);
+  strides(out, p.out_batch_stride, p.out_token_stride, p.out_head_stride);
   p.lse = lse.data_ptr<float>();
-  p.lse_batch_stride = lse.stride(0);
-  p.lse_token_stride = lse.stride(1);
-  p.lse_head_stride = lse.stride(2);
+  strides(lse, p.lse_batch_stride, p.lse_token_stride, p.lse_head_stride);
   p.o_accum = reinterpret_cast<__nv_bfloat16*>(o_accum.data_ptr());
   p.lse_accum = lse_accum.data_ptr<float>();
-  p.batch = static_cast<int>(q.size(0));
-  p.s_q = static_cast<int>(q.size(1));
-  p.h_q = static_cast<int>(q.size(2));
+  p.batch = static_cast<int>(qs.batch);
+  p.s_q = static_cast<int>(qs.s_q);
+  p.h_q = static_cast<int>(qs.h_q);
   p.rows = p.s_q * p.h_q;
   p.num_parts = static_cast<int>(part_meta.size(0));
   p.num_m_tiles = (p.rows + kDecodeRowsPerCta - 1) / kDecodeRowsPerCta;

@@ -15,7 +15,8 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
             const at::Tensor& seqlens, const at::Tensor& part_meta, const at::Tensor& batch_meta,
             double softmax_scale, bool causal, const at::Tensor& out, const at::Tensor& lse,
             const at::Tensor& o_accum, const at::Tensor& lse_accum,
-            const std::optional<at::Tensor>& q_pe);
+            const std::optional<at::Tensor>& q_pe, const std::optional<at::Tensor>& q_start,
+            int64_t max_q_len);
 
 std::string build_info();
 

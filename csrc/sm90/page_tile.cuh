@@ -59,16 +59,16 @@ __device__ __forceinline__ void zero_tail(uint8_t* stage, int valid, int tid, in
   }
 }
 
-// Q rows [row_begin, row_begin + kTileRows) of sequence b in the same swizzled layout (atom
-// column kb at kb * kTileRows * 128); rows past s_q * h_q are zero. Dims 0..511 come from p.q, dims
+// Q rows [row_begin, row_begin + kTileRows) of sequence w in the same swizzled layout (atom
+// column kb at kb * kTileRows * 128); rows past the sequence's are zero. Dims 0..511 come from p.q, dims
 // 512..575 from p.q_pe (the two halves of a split query, or q + 512). Asynchronous: every 16-byte
 // chunk is one cp.async, all in flight at once (a plain load/store loop leaves them dependent one
 // after another, ~18 memory latencies for a 64-row tile). A thread keeps one chunk column per
 // half, so only the row changes between its copies. The caller completes them with
 // cp_async_wait_all, then fence_proxy_async_shared (wgmma reads Q) and a barrier.
 template <int kTileRows, int kThreads>
-__device__ __forceinline__ void load_q_async(const DecodeParams& p, int b, int row_begin,
-                                             uint8_t* sq, int tid) {
+__device__ __forceinline__ void load_q_async(const DecodeParams& p, const SeqWork& w,
+                                             int row_begin, uint8_t* sq, int tid) {
   constexpr int kLatentChunks = kDimV / 8;        // 64 per row
   constexpr int kRopeChunks = (kDimQK - kDimV) / 8;  // 8 per row
   static_assert(kThreads % kLatentChunks == 0 && kTileRows % (kThreads / kLatentChunks) == 0 &&
@@ -82,12 +82,12 @@ __device__ __forceinline__ void load_q_async(const DecodeParams& p, int b, int r
   auto copy = [&](const __nv_bfloat16* base, int64_t batch_stride, int64_t token_stride,
                   int64_t head_stride, int row, int chunk, int dim) {
     const int r = row_begin + row;
-    const bool valid = r < p.rows;
+    const bool valid = r < w.rows;
     const __nv_bfloat16* src = base;  // a row past the problem reads nothing from a valid address
     if (valid) {
       const int token = static_cast<int>((static_cast<float>(r) + 0.5f) * inv_h);
       const int head = r - token * p.h_q;
-      src += int64_t(b) * batch_stride + int64_t(token) * token_stride +
+      src += int64_t(w.batch) * batch_stride + int64_t(w.tok0 + token) * token_stride +
              int64_t(head) * head_stride + dim;
     }
     ptx::cp_async_16(

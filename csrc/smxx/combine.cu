@@ -17,6 +17,7 @@
 #include "mla/api.h"
 #include "mla/launch.h"
 #include "mla/ptx.cuh"
+#include "mla/schedule.cuh"
 
 namespace mla {
 namespace {
@@ -43,13 +44,14 @@ __device__ __forceinline__ uint2 pack_bf16x4(const float4& v) {
   return packed;
 }
 
-__device__ __forceinline__ __nv_bfloat16* out_row(const DecodeParams& p, int b, int r) {
-  return p.out + int64_t(b) * p.out_batch_stride + int64_t(r / p.h_q) * p.out_token_stride +
+// Row r of sequence b (its first query token tok0) in out and lse.
+__device__ __forceinline__ __nv_bfloat16* out_row(const DecodeParams& p, int b, int tok0, int r) {
+  return p.out + int64_t(b) * p.out_batch_stride + int64_t(tok0 + r / p.h_q) * p.out_token_stride +
          int64_t(r % p.h_q) * p.out_head_stride;
 }
 
-__device__ __forceinline__ float* lse_out(const DecodeParams& p, int b, int r) {
-  return p.lse + int64_t(b) * p.lse_batch_stride + int64_t(r / p.h_q) * p.lse_token_stride +
+__device__ __forceinline__ float* lse_out(const DecodeParams& p, int b, int tok0, int r) {
+  return p.lse + int64_t(b) * p.lse_batch_stride + int64_t(tok0 + r / p.h_q) * p.lse_token_stride +
          int64_t(r % p.h_q) * p.lse_head_stride;
 }
 
@@ -103,7 +105,8 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 
   const int lane = threadIdx.x % 32;
   const int r = blockIdx.y * kRowWarps + threadIdx.x / 32;
-  if (r >= p.rows) return;
+  const QuerySpan qs = query_span(p, b);
+  if (r >= qs.rows) return;  // past the sequence's rows (varlen): no piece holds them
 
   const float* lse_part = p.lse_accum + int64_t(bm.w) * p.rows + r;
   LseSum t;
@@ -126,12 +129,12 @@ __global__ void __launch_bounds__(kRowWarps * 32)
       if (w != 0.f) axpy(acc[j], w, v);
     }
   }
-  __nv_bfloat16* dst = out_row(p, b, r);
+  __nv_bfloat16* dst = out_row(p, b, qs.tok0, r);
 #pragma unroll
   for (int j = 0; j < kColsPerLane / 4; ++j) {
     *reinterpret_cast<uint2*>(dst + j * 128 + lane * 4) = pack_bf16x4(acc[j]);
   }
-  if (lane == 0) *lse_out(p, b, r) = t.lse();
+  if (lane == 0) *lse_out(p, b, qs.tok0, r) = t.lse();
 }
 
 constexpr int kUnroll = 8;  // pieces per thread loaded before the LSE reduction
@@ -147,7 +150,8 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
   const int r = blockIdx.y;
   const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
   const int num_splits = bm.z;
-  if (num_splits <= 1) return;
+  const QuerySpan qs = query_span(p, b);
+  if (num_splits <= 1 || r >= qs.rows) return;  // whole CTA: no barrier is left waiting
 
   const int tid = threadIdx.x;
   const int c4 = tid % (kDimV / 4);  // this thread's 4 columns of the row
@@ -202,8 +206,8 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
       acc.w += x.w;
     }
   }
-  *reinterpret_cast<uint2*>(out_row(p, b, r) + c4 * 4) = pack_bf16x4(acc);
-  if (tid == 0) *lse_out(p, b, r) = t.lse();
+  *reinterpret_cast<uint2*>(out_row(p, b, qs.tok0, r) + c4 * 4) = pack_bf16x4(acc);
+  if (tid == 0) *lse_out(p, b, qs.tok0, r) = t.lse();
 }
 
 }  // namespace

@@ -83,8 +83,9 @@ class MlaBackendMetadata(MLACommonMetadata[MlaBackendDecodeMetadata]):
 class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
     # Full CUDA graphs for decode batches of one query length: 1, or 1 + speculative tokens.
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_BATCH
-    # Makes the common builder raise reorder_batch_threshold to 1 + speculative tokens.
-    query_len_support: ClassVar[QueryLenSupport] = QueryLenSupport.UNIFORM
+    # Makes the common builder raise reorder_batch_threshold to 1 + speculative tokens and keep
+    # requests of different query lengths (up to it) in the decode batch: varlen decode.
+    query_len_support: ClassVar[QueryLenSupport] = QueryLenSupport.VARLEN
     reorder_batch_threshold: int = 1
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
@@ -105,7 +106,7 @@ class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
             num_parts_for_rows=lambda rows: ops.num_decode_parts(rows, device),
             device=device,
         )
-        self._seen_s_q: set[int] = set()
+        self._seen_s_q: set[tuple[int, bool]] = set()  # (s_q, varlen) already logged
 
     def _build_decode(
         self,
@@ -117,14 +118,24 @@ class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
         num_decode_tokens: int,
         dcp_tot_seq_lens_device: torch.Tensor | None,
     ) -> MlaBackendDecodeMetadata:
-        args = map_decode(block_table_tensor, seq_lens_device, num_decode_tokens, self._buffers)
+        args = map_decode(
+            block_table_tensor,
+            seq_lens_device,
+            num_decode_tokens,
+            self._buffers,
+            query_start_loc_cpu,
+            query_start_loc_device,
+        )
         # Into the builder's buffers, on the GPU: what a captured decode graph reads on replay.
         ops.get_decode_metadata(args.seq_lens, args.part_meta, args.batch_meta)
-        if args.s_q not in self._seen_s_q:
-            self._seen_s_q.add(args.s_q)
+        varlen = args.q_start is not None
+        if (args.s_q, varlen) not in self._seen_s_q:
+            self._seen_s_q.add((args.s_q, varlen))
             logger.info(
-                "mla_backend: decode batch with %d query token(s) per request, "
+                "mla_backend: %sdecode batch with %s%d query token(s) per request, "
                 "%d heads, %d split-KV parts",
+                "varlen " if varlen else "",
+                "up to " if varlen else "",
                 args.s_q,
                 self._num_heads,
                 args.part_meta.shape[0],
@@ -188,7 +199,8 @@ class MlaBackendImpl(MLACommonImpl[MlaBackendMetadata]):
         self.supports_quant_query_input = False  # bf16 queries only (no fp8 KV cache)
 
     def forward_mqa(self, q, kv_c_and_k_pe_cache, attn_metadata, layer):
-        """Decode attention: q ``[B * s_q, h, 576]`` -> (out ``[B * s_q, h, 512]``, lse)."""
+        """Decode attention: q ``[T, h, 576]`` (``T = B * s_q``, or the requests' varying query
+        lengths summed) -> (out ``[T, h, 512]``, lse ``[T, h]``)."""
         assert attn_metadata.decode is not None
         args = attn_metadata.decode.kernel
         q_pe = None
@@ -198,12 +210,11 @@ class MlaBackendImpl(MLACommonImpl[MlaBackendMetadata]):
             q = decode_query_view(q, args, HEAD_DIM_V)
         else:
             q = decode_query_view(q, args)
-        batch, s_q, heads, _ = q.shape
         # Outputs sized to this batch from the caching allocator (no cudaMalloc once warm; the
         # graph pool under capture), as vLLM's MLA backends do: a preallocated buffer would
         # pin max_num_seqs * s_q * heads * 1 KiB for the worst case.
-        out = q.new_empty((batch, s_q, heads, HEAD_DIM_V))
-        lse = q.new_empty((batch, s_q, heads), dtype=torch.float32)
+        out = q.new_empty((*q.shape[:-1], HEAD_DIM_V))
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
         ops.mla_decode(
             q,
             kv_c_and_k_pe_cache,
@@ -218,5 +229,7 @@ class MlaBackendImpl(MLACommonImpl[MlaBackendMetadata]):
             args.o_accum,
             args.lse_accum,
             q_pe,
+            args.q_start,
+            args.s_q if args.q_start is not None else 0,
         )
-        return out.view(batch * s_q, heads, HEAD_DIM_V), lse.view(batch * s_q, heads)
+        return out.flatten(0, -3), lse.flatten(0, -2)

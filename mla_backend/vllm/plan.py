@@ -50,6 +50,9 @@ class DecodeArgs:
     batch_meta: Tensor  # int32 [B, 4] view
     o_accum: Tensor  # bf16 [2 * num_parts, s_q * h_q, 512] view
     lse_accum: Tensor  # fp32 [2 * num_parts, s_q * h_q] view
+    # Varlen decode (requests of different query lengths, s_q their most): vLLM's
+    # query_start_loc [B + 1] on the device; None when every request has s_q tokens.
+    q_start: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -101,11 +104,33 @@ def uniform_query_len(num_decodes: int, num_decode_tokens: int) -> int:
     return num_decode_tokens // num_decodes
 
 
+def decode_query_lens(
+    query_start_loc_cpu: Tensor | None, batch: int, num_decode_tokens: int
+) -> list[int] | None:
+    """The requests' query lengths when they differ (a varlen decode), else None.
+
+    None also for a CUDA-graph-padded uniform batch: its padding requests have query length 0
+    while the runner pads the tokens to ``batch * s_q``, which the uniform kernel reads as
+    inert requests. Host-only: ``query_start_loc_cpu`` is vLLM's CPU copy.
+    """
+    if query_start_loc_cpu is None or batch == 0:
+        return None
+    starts = query_start_loc_cpu[: batch + 1].tolist()
+    lens = [hi - lo for lo, hi in zip(starts[:-1], starts[1:], strict=True)]
+    if num_decode_tokens % batch == 0:
+        s_q = num_decode_tokens // batch
+        if all(n in (s_q, 0) for n in lens) and s_q == max(lens):
+            return None
+    return lens
+
+
 def map_decode(
     block_table: Tensor,
     seq_lens: Tensor,
     num_decode_tokens: int,
     buffers: DecodeBuffers,
+    query_start_loc_cpu: Tensor | None = None,
+    query_start_loc: Tensor | None = None,
 ) -> DecodeArgs:
     """Map the decode part of a vLLM batch onto the kernel's arguments.
 
@@ -115,12 +140,16 @@ def map_decode(
         seq_lens: int32 ``[B]``, context plus new tokens; padded requests have 0.
         num_decode_tokens: query tokens of the B requests, padding included.
         buffers: from `allocate_decode_buffers`.
+        query_start_loc_cpu, query_start_loc: vLLM's ``[B + 1]`` query offsets (CPU copy and
+            device tensor): when the requests' query lengths differ (the builder declares
+            ``QueryLenSupport.VARLEN``: speculative decoding with drafts of different lengths,
+            short prefill chunks), the kernel runs varlen on ``query_start_loc``.
 
-    vLLM's decode requests all have the same query length ``s_q`` (the builder declares
-    ``QueryLenSupport.UNIFORM``), and CUDA-graph padding adds requests of ``s_q`` padded tokens
-    with seq len 0 at the end, so request ``b``'s tokens are ``b * s_q ... b * s_q + s_q - 1``
-    (tests/cpu/test_vllm_plan.py checks this against vLLM's batch split). Host-only integer
-    work: no tensor is read.
+    A uniform batch (every request ``s_q`` tokens; CUDA-graph padding adds requests of seq len 0
+    at the end, the runner pads the tokens to ``B * s_q``) maps request ``b``'s tokens to
+    ``b * s_q ... b * s_q + s_q - 1`` (tests/cpu/test_vllm_plan.py checks this against vLLM's
+    batch split); any other maps to a varlen decode with ``s_q`` the longest request. Host-only
+    integer work: no device tensor is read.
 
     The caller fills ``part_meta``/``batch_meta`` with ``get_decode_metadata(seq_lens, ...)``.
     """
@@ -131,7 +160,15 @@ def map_decode(
         raise ValueError(
             f"seq_lens and block_table must be int32, got {seq_lens.dtype} and {block_table.dtype}"
         )
-    s_q = uniform_query_len(batch, num_decode_tokens)
+    lens = decode_query_lens(query_start_loc_cpu, batch, num_decode_tokens)
+    q_start = None
+    if lens is None:
+        s_q = uniform_query_len(batch, num_decode_tokens)
+    else:
+        if query_start_loc is None or query_start_loc.dtype != torch.int32:
+            raise ValueError("a varlen decode needs vLLM's int32 query_start_loc on the device")
+        s_q = max(lens)
+        q_start = query_start_loc[: batch + 1]
     if s_q > buffers.max_s_q or batch > buffers.max_batch:
         raise ValueError(
             f"decode batch of {batch} x {s_q} query tokens exceeds the buffers "
@@ -150,17 +187,23 @@ def map_decode(
         batch_meta=buffers.batch_meta[:batch],
         o_accum=buffers.o_accum[: slots * rows * HEAD_DIM_V].view(slots, rows, HEAD_DIM_V),
         lse_accum=buffers.lse_accum[: slots * rows].view(slots, rows),
+        q_start=q_start,
     )
 
 
 def decode_query_view(q: Tensor, args: DecodeArgs, dim: int = HEAD_DIM_QK) -> Tensor:
-    """vLLM's decode queries ``[B * s_q, h_q, dim]`` (request-major) as ``[B, s_q, h_q, dim]``.
+    """vLLM's decode queries ``[B * s_q, h_q, dim]`` (request-major) as ``[B, s_q, h_q, dim]``;
+    a varlen decode's (``args.q_start``) stay ``[T, h_q, dim]``.
 
     ``dim`` is 576 for whole queries, 512 and 64 for the halves vLLM passes as a tuple. A strided
     view stays a view (vLLM's absorbed ``q_nope`` is a transpose of a ``[h_q, B * s_q, 512]``
     bmm output): only the token dim is split, which any stride allows.
     """
     tokens, heads, d = q.shape
+    if args.q_start is not None:
+        if d != dim:
+            raise ValueError(f"q {tuple(q.shape)} does not hold queries of dim {dim}")
+        return q
     if d != dim or tokens != args.batch * args.s_q:
         raise ValueError(
             f"q {tuple(q.shape)} does not hold {args.batch} x {args.s_q} tokens of dim {dim}"

@@ -41,6 +41,18 @@ def test_decode_line_after_a_progress_bar_on_the_same_line():
     assert ranks_seen(lines) == {0: [16], 1: [16]}
 
 
+def test_varlen_decode_line_counts_as_decode():
+    varlen = (
+        "(EngineCore pid=9) INFO 12-01 16:09:58 [backend.py:131] mla_backend: varlen decode "
+        "batch with up to 4 query token(s) per request, 128 heads, 16 split-KV parts\n"
+    )
+    log = vllm_e2e.RunLog()
+    log.add(varlen)
+    log.add("(EngineCore pid=9) " + DECODE.format(heads=128))
+    (only,) = log.per_rank(1).values()
+    assert sorted(only["heads"]) == [128] and sorted(only["s_q"]) == [1, 4]
+
+
 def test_unprefixed_text_is_not_a_worker():
     assert ranks_seen(["plain text " + DECODE.format(heads=16)]) == {}
 

@@ -176,6 +176,66 @@ def test_decode_split_query_accepted_up_to_the_device_check():
         call_decode(args)
 
 
+TOKENS = 5  # varlen: sequence 0 has 2 query tokens, sequence 1 has 3
+
+
+def varlen_args() -> dict:
+    """valid_args with varlen queries: q [T, h, 576], q_start [B + 1], max_q_len 3."""
+    args = valid_args()
+    rows = 3 * H_Q
+    args.update(
+        q=bf16(TOKENS, H_Q, 576),
+        q_start=torch.tensor([0, 2, TOKENS], dtype=torch.int32),
+        max_q_len=3,
+        out=torch.full((TOKENS, H_Q, 512), SENTINEL, dtype=torch.bfloat16),
+        lse=torch.full((TOKENS, H_Q), SENTINEL),
+        o_accum=torch.full((2 * PARTS, rows, 512), SENTINEL, dtype=torch.bfloat16),
+        lse_accum=torch.full((2 * PARTS, rows), SENTINEL),
+    )
+    return args
+
+
+# (case id, argument to replace in varlen_args, bad value, regex the message must match)
+VARLEN_CASES = [
+    ("q_4d", "q", bf16(BATCH, 3, H_Q, 576), r"\bq\b.*3-D"),
+    ("q_dim512", "q", bf16(TOKENS, H_Q, 512), r"\bq\b"),
+    ("q_start_int64", "q_start", torch.tensor([0, 2, TOKENS]), "q_start"),
+    ("q_start_short", "q_start", torch.tensor([0, TOKENS], dtype=torch.int32), "q_start"),
+    ("q_start_strided", "q_start", torch.zeros(6, dtype=torch.int32)[::2], "q_start"),
+    ("max_q_len_zero", "max_q_len", 0, "max_q_len"),
+    ("max_q_len_17", "max_q_len", 17, "max_q_len"),
+    ("out_4d", "out", bf16(BATCH, 3, H_Q, 512), r"\bout\b"),
+    ("out_tokens", "out", bf16(TOKENS + 1, H_Q, 512), r"\bout\b"),
+    ("lse_3d", "lse", fp32(BATCH, 3, H_Q), r"\blse\b"),
+    ("o_accum_rows", "o_accum", bf16(2 * PARTS, 2 * H_Q, 512), "o_accum"),
+    ("q_pe_4d", "q_pe", bf16(BATCH, 3, H_Q, 64), "q_pe"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "match"), [c[1:] for c in VARLEN_CASES], ids=[c[0] for c in VARLEN_CASES]
+)
+def test_decode_varlen_rejects(name, bad, match):
+    args = varlen_args()
+    if name == "q_pe_4d":
+        args["q"] = bf16(TOKENS, H_Q, 512)
+    args[name] = bad
+    with pytest.raises(RuntimeError, match=match):
+        call_decode(args)
+    assert_nothing_written(args, replaced=name)
+
+
+def test_decode_varlen_accepted_up_to_the_device_check():
+    args = varlen_args()
+    with pytest.raises(RuntimeError, match=r"\bq\b.*CUDA"):
+        call_decode(args)
+    args["q"] = bf16(TOKENS, H_Q, 512)
+    args["q_pe"] = bf16(TOKENS, H_Q, 64)
+    with pytest.raises(RuntimeError, match=r"\bq\b.*CUDA"):
+        call_decode(args)
+    assert_nothing_written(args)
+
+
 def test_decode_accepts_4d_kv_cache_up_to_the_device_check():
     args = valid_args()
     args["kv_cache"] = bf16(PAGES, 64, 1, 576)

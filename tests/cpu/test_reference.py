@@ -15,6 +15,7 @@ from mla_backend.reference import (
     make_decode_inputs,
     mla_decode_reference,
     naive_dense_attention,
+    varlen_queries,
     visible_positions,
 )
 
@@ -45,6 +46,36 @@ def test_matches_naive_dense(seqlens, s_q, causal):
     gen = torch.Generator().manual_seed(0)
     inputs = make_decode_inputs(seqlens, s_q, 3, generator=gen)
     check_against_naive(inputs, causal)
+
+
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_varlen_matches_naive_dense(causal):
+    """Varlen queries: sequence b's q_len tokens see positions < L - q_len + i + 1 (causal)."""
+    seqlens, q_lens = [130, 0, 65, 1, 64, 7], [3, 2, 1, 0, 4, 4]
+    gen = torch.Generator().manual_seed(4)
+    inputs = make_decode_inputs(seqlens, 4, 3, generator=gen)
+    q, q_start = varlen_queries(inputs.q, q_lens)
+    assert q.shape == (sum(q_lens), 3, 576) and q_start.tolist() == [0, 3, 5, 6, 6, 10, 14]
+    out, lse = mla_decode_reference(
+        q, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE, causal, q_start=q_start
+    )
+    assert out.shape == (14, 3, HEAD_DIM_V) and lse.shape == (14, 3)
+    for b, kv in enumerate(inputs.kv):
+        lo, hi = q_start[b].item(), q_start[b + 1].item()
+        ref_out, ref_lse = naive_dense_attention(q[lo:hi], kv, SCALE, causal)
+        torch.testing.assert_close(out[lo:hi].double(), ref_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lse[lo:hi].double(), ref_lse, atol=1e-5, rtol=1e-5)
+    # The same as the uniform reference on a sequence's first q_len tokens alone: a sequence of
+    # 2 tokens (of 4 in the padded q) sees what a 2-token decode sees, not what tokens 0-1 of 4 do.
+    uni_out, _ = mla_decode_reference(
+        inputs.q[:1, :3], inputs.kv_cache, inputs.block_table[:1], inputs.seqlens[:1], SCALE, causal
+    )
+    torch.testing.assert_close(out[:3], uni_out[0])
+    with pytest.raises(ValueError, match="q_start"):
+        mla_decode_reference(
+            q, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE, causal,
+            q_start=q_start[:-1],
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("kv_4d", [False, True])

@@ -42,7 +42,9 @@ def buffers(max_batch=8, max_s_q=4, heads=HEADS):
     )
 
 
-def vllm_decode_slice(query_lens, seq_lens, *, threshold, num_real=None, max_pages=4):
+def vllm_decode_slice(
+    query_lens, seq_lens, *, threshold, num_real=None, max_pages=4, require_uniform=True
+):
     """What vLLM's MLA builder passes to ``_build_decode`` for this batch.
 
     ``num_real`` < len(query_lens) marks the rest as CUDA-graph padding (query length 0,
@@ -68,7 +70,7 @@ def vllm_decode_slice(query_lens, seq_lens, *, threshold, num_real=None, max_pag
         slot_mapping=torch.zeros(num_tokens, dtype=torch.int64),
     )
     num_decodes, _, num_decode_tokens, _ = compat.split_decodes_and_prefills(
-        common, decode_threshold=threshold, require_uniform=True
+        common, decode_threshold=threshold, require_uniform=require_uniform
     )
     return (
         common.block_table_tensor[:num_decodes],
@@ -154,6 +156,48 @@ def test_several_query_tokens_per_request(query_lens, num_decodes):
     view = decode_query_view(q[:tokens], args)
     for b in range(num_decodes):
         assert torch.equal(view[b], q[qsl[b] : qsl[b + 1]])
+
+
+def test_varlen_decode_batch():
+    # ngram drafts of different lengths (QueryLenSupport.VARLEN): all four requests decode, on
+    # vLLM's query_start_loc, with s_q the longest request; queries stay [T, h, 576].
+    query_lens, seq_lens = [2, 4, 1, 3, 9], [40, 300, 7, 64, 90]
+    block_table, seq_lens_d, qsl, tokens = vllm_decode_slice(
+        query_lens, seq_lens, threshold=4, require_uniform=False
+    )
+    assert seq_lens_d.shape[0] == 4 and tokens == 10  # the 9-token request is a prefill
+    bufs = buffers()
+    args = map_decode(block_table, seq_lens_d, tokens, bufs, qsl, qsl)
+    check_views(args, bufs, batch=4, s_q=4)
+    assert args.q_start.tolist() == [0, 2, 6, 7, 10]
+    assert args.q_start.data_ptr() == qsl.data_ptr()  # vLLM's tensor, no copy
+    q = torch.randn(tokens, HEADS, 576)
+    assert decode_query_view(q, args) is q
+    with pytest.raises(ValueError, match="dim 512"):
+        decode_query_view(q, args, 512)
+    with pytest.raises(ValueError, match="query_start_loc"):
+        map_decode(block_table, seq_lens_d, tokens, bufs, qsl, None)
+
+
+@pytest.mark.parametrize(
+    ("query_lens", "num_real", "varlen"),
+    [
+        ([4, 4, 4], None, False),
+        ([4, 4, 0, 0], 2, False),
+        ([1, 2], None, True),
+        ([3, 1], None, True),
+    ],
+    ids=["uniform", "graph-padded", "short-first", "long-first"],
+)
+def test_uniform_batches_keep_the_uniform_kernel(query_lens, num_real, varlen):
+    # Equal lengths, and a CUDA-graph-padded uniform batch (padding has query length 0, the
+    # runner pads its tokens), map as before: the graph captured for s_q tokens per request.
+    block_table, seq_lens_d, qsl, tokens = vllm_decode_slice(
+        query_lens, [50] * len(query_lens), threshold=4, num_real=num_real, require_uniform=False
+    )
+    args = map_decode(block_table, seq_lens_d, tokens, buffers(), qsl, qsl)
+    assert (args.q_start is not None) == varlen
+    assert args.s_q == max(query_lens) and args.causal == (max(query_lens) > 1)
 
 
 def test_single_request_takes_half_the_parts():

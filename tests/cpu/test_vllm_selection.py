@@ -199,5 +199,5 @@ def test_declared_capabilities():
     assert not backend.supports_compute_capability(compat.DeviceCapability(10, 0))
     builder = backend.get_builder_cls()
     assert builder._cudagraph_support is compat.AttentionCGSupport.UNIFORM_BATCH
-    assert builder.query_len_support is compat.QueryLenSupport.UNIFORM
+    assert builder.query_len_support is compat.QueryLenSupport.VARLEN  # mixed draft lengths
     assert not backend.supports_pcp()

@@ -17,6 +17,7 @@ from mla_backend.reference import (
     check_decode_output,
     make_decode_inputs,
     split_kv_plan,
+    varlen_queries,
 )
 
 pytestmark = pytest.mark.gpu
@@ -142,6 +143,61 @@ def test_split_query(layout, s_q, h_q):
     check(out, lse, inputs, causal=True)
     whole_out, whole_lse = run_decode(inputs, causal=True)
     assert torch.equal(out, whole_out) and torch.equal(lse, whole_lse)
+
+
+def run_varlen(inputs, q_lens, max_q_len, causal=True, num_parts=None, split_pe=False):
+    """Varlen decode of the first q_lens[b] tokens of each sequence of inputs.q into
+    NaN-poisoned buffers; returns (q, q_start, out, lse)."""
+    q, q_start = varlen_queries(inputs.q, q_lens)
+    tokens, h_q = q.shape[0], q.shape[1]
+    rows = max_q_len * h_q
+    part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, rows, num_parts=num_parts)
+    nan = float("nan")
+    out = torch.full((tokens, h_q, HEAD_DIM_V), nan, dtype=torch.bfloat16, device="cuda")
+    lse = torch.full((tokens, h_q), nan, device="cuda")
+    o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), rows, "cuda")
+    o_accum.fill_(nan)
+    lse_accum.fill_(nan)
+    halves = (q[..., :512], q[..., 512:]) if split_pe else (q, None)
+    ops.mla_decode(
+        halves[0], inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
+        SCALE, causal, out, lse, o_accum, lse_accum, q_pe=halves[1], q_start=q_start,
+        max_q_len=max_q_len,
+    )  # fmt: skip
+    return q, q_start, out, lse
+
+
+VARLEN = [
+    ([4097, 700, 0, 65, 1, 64], [3, 1, 2, 4, 0, 2], 4),
+    ([300, 5000, 129], [1, 2, 1], 3),  # max_q_len above every sequence's count
+    ([2000] * 5, [16, 1, 9, 16, 5], 16),
+]
+
+
+@pytest.mark.parametrize(("seqlens", "q_lens", "max_q_len"), VARLEN, ids=str)
+@pytest.mark.parametrize("h_q", [3, 16, 128])
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("num_parts", [None, 1, 500])
+def test_varlen(seqlens, q_lens, max_q_len, h_q, causal, num_parts):
+    """Sequences with different query counts in one call (q_start): every token's rows are
+    written (NaN-poisoned), token i of a sequence of q_len sees < L - q_len + i + 1."""
+    inputs = make_decode_inputs(seqlens, max_q_len, h_q, device="cuda", generator=gen(6))
+    q, q_start, out, lse = run_varlen(inputs, q_lens, max_q_len, causal, num_parts)
+    check_decode_output(
+        out, lse, q, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE, causal,
+        q_start=q_start,
+    )  # fmt: skip
+    _, _, out_pe, lse_pe = run_varlen(inputs, q_lens, max_q_len, causal, num_parts, split_pe=True)
+    assert torch.equal(out, out_pe) and torch.equal(lse, lse_pe)
+
+
+@pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (4, 128), (2, 3)])
+def test_varlen_with_equal_lengths_is_the_uniform_decode(s_q, h_q):
+    seqlens = [200, 0, 64, 1000]
+    inputs = make_decode_inputs(seqlens, s_q, h_q, device="cuda", generator=gen(7))
+    _, _, out, lse = run_varlen(inputs, [s_q] * len(seqlens), s_q)
+    uni_out, uni_lse = run_decode(inputs, causal=True)
+    assert torch.equal(out, uni_out.flatten(0, 1)) and torch.equal(lse, uni_lse.flatten(0, 1))
 
 
 @pytest.mark.parametrize("num_parts", [1, 2, 7, 33, 1000])

@@ -48,11 +48,11 @@ __device__ __forceinline__ void store_rows(const DecodeParams& p, const SeqWork&
     if (bad) inv = lse = NAN;
 
     const int r = r0 + 8 * h;
-    const bool row_ok = r < p.rows;
+    const bool row_ok = r < w.rows;
     const int64_t slot_row = int64_t(w.slot) * p.rows + r;
     __nv_bfloat16* dst = (split ? p.o_accum + slot_row * kDimV
                                 : p.out + int64_t(w.batch) * p.out_batch_stride +
-                                      int64_t(r / p.h_q) * p.out_token_stride +
+                                      int64_t(w.tok0 + r / p.h_q) * p.out_token_stride +
                                       int64_t(r % p.h_q) * p.out_head_stride) +
                          col_base;
 #pragma unroll
@@ -74,7 +74,8 @@ __device__ __forceinline__ void store_rows(const DecodeParams& p, const SeqWork&
       if (split) {
         p.lse_accum[slot_row] = lse;
       } else {
-        p.lse[int64_t(w.batch) * p.lse_batch_stride + int64_t(r / p.h_q) * p.lse_token_stride +
+        p.lse[int64_t(w.batch) * p.lse_batch_stride +
+              int64_t(w.tok0 + r / p.h_q) * p.lse_token_stride +
               int64_t(r % p.h_q) * p.lse_head_stride] = lse;
       }
     }

@@ -57,6 +57,10 @@ struct DecodeParams {
   int64_t block_table_stride;
   int max_pages;
   const int* seqlens;     // [batch]
+  // Varlen queries, or null when every sequence has s_q query tokens: sequence b's are tokens
+  // q_start[b] .. q_start[b + 1] - 1 of the token dim (of q, q_pe, out and lse, whose batch
+  // strides are 0 then), s_q their most; tokens of a sequence past s_q are not computed.
+  const int* q_start;     // [batch + 1]
   const int* part_meta;   // [num_parts, 4], from the metadata kernel
   const int* batch_meta;  // [batch, 4], from the metadata kernel
 

@@ -6,9 +6,25 @@
 
 namespace mla {
 
+// A sequence's query tokens: tok0 is the token index of its first (0 unless varlen), q_len
+// their count (s_q unless varlen; the causal limit counts them all), rows its query rows,
+// min(q_len, s_q) * h_q (row r = token * h_q + head).
+struct QuerySpan {
+  int tok0, q_len, rows;
+};
+
+__device__ __forceinline__ QuerySpan query_span(const DecodeParams& p, int b) {
+  if (p.q_start == nullptr) return {0, p.s_q, p.rows};
+  const int tok0 = p.q_start[b];
+  const int q_len = max(p.q_start[b + 1] - tok0, 0);
+  return {tok0, q_len, min(q_len, p.s_q) * p.h_q};
+}
+
 struct SeqWork {
   int batch;
   int seqlen;
+  int tok0, q_len, rows;  // the sequence's QuerySpan
+
   int page_begin, page_end;  // [begin, end) in the sequence's pages
   int num_splits;
   int slot;  // workspace slot of this part's piece when num_splits > 1
@@ -19,6 +35,10 @@ __device__ __forceinline__ SeqWork seq_work(const DecodeParams& p, int part, int
   SeqWork w;
   w.batch = b;
   w.seqlen = max(p.seqlens[b], 0);
+  const QuerySpan qs = query_span(p, b);
+  w.tok0 = qs.tok0;
+  w.q_len = qs.q_len;
+  w.rows = qs.rows;
   // Pages past the block table are unreadable (the sequence comes out NaN): the first of them is
   // enough to say so, however long the length claims the sequence is.
   const int num_pages = min(pages_of(w.seqlen), p.max_pages + 1);
@@ -43,10 +63,11 @@ __device__ __forceinline__ int page_id_of(const DecodeParams& p, const SeqWork& 
   return id >= 0 && id < p.num_pages ? id : -1;
 }
 
-// Last visible cache position + 1 for query row r (causal: token i sees < L - s_q + i + 1).
+// Last visible cache position + 1 for query row r (causal: token i of the sequence's q_len sees
+// < L - q_len + i + 1).
 __device__ __forceinline__ int row_limit(const DecodeParams& p, const SeqWork& w, int r) {
-  if (r >= p.rows) return 0;
-  return p.causal ? w.seqlen - p.s_q + r / p.h_q + 1 : w.seqlen;
+  if (r >= w.rows) return 0;
+  return p.causal ? w.seqlen - w.q_len + r / p.h_q + 1 : w.seqlen;
 }
 
 }  // namespace mla

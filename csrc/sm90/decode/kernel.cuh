@@ -149,6 +149,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   for (int b = pm.x; b < pm.y; ++b) {
     const SeqWork w = seq_work(p, part, pm, b);
+    // A varlen sequence with fewer query rows than this row tile's first: nothing to compute
+    // (the combine skips those rows too). Uniform for the CTA, so no barrier is left waiting.
+    if (m_tile * kRows >= w.rows) continue;
     const int num_pages = w.page_end - w.page_begin;
     auto stage_of = [&](int j) { return (issued + j) % kStages; };
 
@@ -164,7 +167,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                   &bars[stage_of(j)], bad);
       }
     }
-    load_q_async<kRows, kThreads>(p, w.batch, m_tile * kRows, sq, tid);
+    load_q_async<kRows, kThreads>(p, w, m_tile * kRows, sq, tid);
     float o[kVColsPerWg / 8][4];
 #pragma unroll
     for (int t = 0; t < kVColsPerWg / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
