@@ -61,6 +61,7 @@ QueryShape check_queries(const at::Tensor& q, const std::optional<at::Tensor>& q
     qs.s_q = max_q_len;
     qs.h_q = q.size(1);
     qs.tokens = q.size(0);
+    TORCH_CHECK(qs.tokens < (int64_t(1) << 31), "q has too many tokens (dim 0): ", qs.tokens);
     TORCH_CHECK(max_q_len >= 1 && max_q_len <= kMaxQTokens, "max_q_len must be in [1, ",
                 kMaxQTokens, "] when q_start is given, got ", max_q_len);
     check_dtype(*q_start, "q_start", at::kInt);
@@ -198,6 +199,7 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.q_pe = reinterpret_cast<const __nv_bfloat16*>(pe.data_ptr()) + (q_pe ? 0 : kDimV);
   strides(pe, p.q_pe_batch_stride, p.q_pe_token_stride, p.q_pe_head_stride);
   p.q_start = q_start ? q_start->data_ptr<int>() : nullptr;
+  p.num_tokens = static_cast<int>(qs.tokens);
   p.kv = reinterpret_cast<const __nv_bfloat16*>(kv_cache.data_ptr());
   p.kv_page_stride = kv_cache.stride(0);
   p.kv_token_stride = kv_cache.stride(1);

@@ -191,6 +191,38 @@ def test_varlen(seqlens, q_lens, max_q_len, h_q, causal, num_parts):
     assert torch.equal(out, out_pe) and torch.equal(lse, lse_pe)
 
 
+@pytest.mark.parametrize(
+    ("offsets", "written"),
+    [([0, 2, 2, 10_000], [1, 1, 1, 1, 0, 0]), ([0, 4, 2, 6], [1, 1, 1, 1, 0, 0])],
+    ids=["past-the-end", "decreasing"],
+)
+def test_varlen_bad_offsets_stay_in_bounds(offsets, written):
+    """q_start is device data the op cannot check: offsets out of [0, T] or decreasing are
+    clamped (a sequence loses rows), never read or written outside q and out. past-the-end:
+    sequence 2 is [2, 6), of which max_q_len = 2 tokens are computed; decreasing: sequence 1
+    ([4, 2)) is empty, sequence 0 is [0, 4) and 2 is [2, 6), two tokens each."""
+    seqlens, h_q = [300, 700, 90], 16
+    inputs = make_decode_inputs(seqlens, 2, h_q, device="cuda", generator=gen(8))
+    q, _ = varlen_queries(inputs.q, [2, 2, 2])
+    q_start = torch.tensor(offsets, dtype=torch.int32, device="cuda")
+    rows = 2 * h_q
+    part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, rows)
+    out = torch.full((6, h_q, HEAD_DIM_V), float("nan"), dtype=torch.bfloat16, device="cuda")
+    lse = torch.full((6, h_q), float("nan"), device="cuda")
+    o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), rows, "cuda")
+    ops.mla_decode(
+        q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta, SCALE,
+        True, out, lse, o_accum, lse_accum, q_start=q_start, max_q_len=2,
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    assert [int(not t.isnan().any()) for t in out] == written
+    if offsets[1] == 2:  # sequence 0 is well formed: its two tokens are right
+        check_decode_output(
+            out[:2], lse[:2], q[:2], inputs.kv_cache, inputs.block_table[:1],
+            inputs.seqlens[:1], SCALE, True, q_start=[0, 2],
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (4, 128), (2, 3)])
 def test_varlen_with_equal_lengths_is_the_uniform_decode(s_q, h_q):
     seqlens = [200, 0, 64, 1000]

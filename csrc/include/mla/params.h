@@ -61,6 +61,7 @@ struct DecodeParams {
   // q_start[b] .. q_start[b + 1] - 1 of the token dim (of q, q_pe, out and lse, whose batch
   // strides are 0 then), s_q their most; tokens of a sequence past s_q are not computed.
   const int* q_start;     // [batch + 1]
+  int num_tokens;         // varlen: tokens of q/out; offsets outside [0, num_tokens] are clamped
   const int* part_meta;   // [num_parts, 4], from the metadata kernel
   const int* batch_meta;  // [batch, 4], from the metadata kernel
 

@@ -15,8 +15,11 @@ struct QuerySpan {
 
 __device__ __forceinline__ QuerySpan query_span(const DecodeParams& p, int b) {
   if (p.q_start == nullptr) return {0, p.s_q, p.rows};
-  const int tok0 = p.q_start[b];
-  const int q_len = max(p.q_start[b + 1] - tok0, 0);
+  // Clamped into [0, num_tokens] and non-decreasing: offsets from a bad q_start (device data,
+  // not checked on the host) cost the sequence its rows, never an access outside q or out.
+  const int tok0 = min(max(p.q_start[b], 0), p.num_tokens);
+  const int end = min(max(p.q_start[b + 1], tok0), p.num_tokens);
+  const int q_len = end - tok0;
   return {tok0, q_len, min(q_len, p.s_q) * p.h_q};
 }
 
