@@ -79,8 +79,13 @@ OpenAI-style completions endpoint on 127.0.0.1 (token ids in, token ids out)."""
 import argparse
 import json
 import os
+import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# SIGINT stops the server as it stops vLLM's (uvicorn installs its handler explicitly), even
+# when this process inherits SIGINT ignored, as a background job of a non-interactive shell does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ap = argparse.ArgumentParser()
 ap.add_argument("cmd")
