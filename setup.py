@@ -94,12 +94,32 @@ def _cuda_library_headers(cuda_home: str, cuda_major: str) -> list[str]:
     return flags
 
 
+def _source_sha() -> str:
+    """The commit the extension is built from (12 hex digits), with "-dirty" when csrc/ or this
+    file differ from it; "unknown" outside a git checkout. Benchmarks record it, so a CSV names
+    the build that ran even when the .so was carried to another machine or another tree."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "csrc", "setup.py")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
 def _write_build_info(torch_version: str, cuda_version: str) -> None:
     BUILD_INFO.write_text(
         '"""Written by setup.py: the torch build the extension was compiled against."""\n\n'
         f"TORCH_VERSION = {torch_version!r}\n"
         f"CUDA_VERSION = {cuda_version!r}\n"
         f"TRACE_BUILD = {TRACE_BUILD!r}\n"
+        f"SOURCE_SHA = {_source_sha()!r}\n"
     )
 
 

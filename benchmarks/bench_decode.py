@@ -206,6 +206,16 @@ def _git_sha() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def _build_sha() -> str:
+    """The source commit of the imported extension build (setup.py's SOURCE_SHA): the build
+    that ran, where git_sha names the tree the benchmark ran from."""
+    try:
+        from mla_backend import _build_info
+    except ImportError:
+        return "unknown"
+    return str(getattr(_build_info, "SOURCE_SHA", "unknown"))
+
+
 def collect_env(device: int) -> dict:
     props = torch.cuda.get_device_properties(device)
     env = {
@@ -218,6 +228,7 @@ def collect_env(device: int) -> dict:
         "vllm": _version("vllm"),
         "triton": _version("triton"),
         "git_sha": _git_sha(),
+        "build_sha": _build_sha(),
         "python": sys.version.split()[0],
     }
     env.update(_nvidia_smi(device))
@@ -643,7 +654,7 @@ def main(argv=None) -> int:
         f"GPU {env['gpu']} ({env['num_sms']} SMs, L2 {env['l2_bytes'] / 2**20:.0f} MiB), "
         f"SM clock {env.get('sm_clock_mhz', '?')}/{env.get('max_sm_clock_mhz', '?')} MHz, "
         f"torch {env['torch']}, vllm {env['vllm']}, triton {env['triton']}, "
-        f"git {env['git_sha']}"
+        f"git {env['git_sha']}, build {env['build_sha']}"
     )
 
     impls: dict[str, str | None] = {}

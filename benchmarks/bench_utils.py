@@ -199,7 +199,7 @@ def derived_metrics(case: Case, us: float, copy_gbps: float, gemm_tflops: float)
 
 ENV_FIELDS = (
     "date", "gpu", "sm_clock_mhz", "max_sm_clock_mhz", "mem_clock_mhz", "driver",
-    "torch", "cuda", "vllm", "triton", "git_sha",
+    "torch", "cuda", "vllm", "triton", "git_sha", "build_sha",
 )  # fmt: skip
 CSV_FIELDS = ENV_FIELDS + (
     "copy_gbps", "gemm_tflops",  # measured ceilings

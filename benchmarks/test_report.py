@@ -46,3 +46,21 @@ def test_report_merges_csvs_and_summarises(tmp_path, monkeypatch):
 def test_report_without_arguments_prints_usage(capsys):
     assert report.main([]) == 2
     assert "bench_decode.py CSVs" in capsys.readouterr().out
+
+
+def test_csvs_name_the_build_that_ran(monkeypatch):
+    """build_sha comes from the imported package's build record (the .so that ran, which may
+    come from another tree than the benchmark's); a record without it reads "unknown"."""
+    import types
+
+    import bench_decode
+
+    import mla_backend
+
+    info = types.ModuleType("mla_backend._build_info")
+    monkeypatch.setitem(sys.modules, "mla_backend._build_info", info)
+    monkeypatch.setattr(mla_backend, "_build_info", info, raising=False)
+    assert bench_decode._build_sha() == "unknown"
+    info.SOURCE_SHA = "0123456789ab-dirty"
+    assert bench_decode._build_sha() == "0123456789ab-dirty"
+    assert "build_sha" in bu.CSV_FIELDS

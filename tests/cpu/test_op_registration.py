@@ -1,6 +1,8 @@
 """The ops the extension registers: exact schemas, build record, and fake kernels (what
 torch.compile and CUDA-graph-aware tracing run instead of the kernels)."""
 
+import re
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -32,6 +34,17 @@ def test_schema(name):
 def test_build_info_matches_running_torch():
     expected = f"torch={torch.__version__};cuda={torch.version.cuda}"
     assert torch.ops.mla_backend.build_info() == expected
+
+
+def test_build_record_names_its_source():
+    """setup.py records the commit the extension was built from (benchmarks put it in their
+    CSVs); a build from a git checkout has a 12-digit sha, "-dirty" if csrc/ differed."""
+    from mla_backend import _build_info
+
+    sha = getattr(_build_info, "SOURCE_SHA", None)
+    if sha is None:
+        pytest.skip("a build from before SOURCE_SHA was recorded; rebuild to get it")
+    assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?|unknown", sha), sha
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
