@@ -47,7 +47,8 @@ def mla_decode_reference(
         q_start: varlen queries: ``[B + 1]`` token offsets, sequence ``b``'s query tokens are
             ``q[q_start[b]:q_start[b + 1]]`` of a ``[T, h_q, 576]`` q (``q_len`` of them; causal:
             token ``i`` sees positions ``< L - q_len + i + 1``); out and lse are then
-            ``[T, h_q, 512]`` and ``[T, h_q]``, and tokens of no sequence get ``0`` / ``-inf``.
+            ``[T, h_q, 512]`` and ``[T, h_q]``. Tokens of no sequence get ``0`` / ``-inf`` here
+            as placeholders; ``ops.mla_decode`` leaves them unwritten (compare sequences' tokens).
 
     Returns:
         ``out`` fp32 ``[B, s_q, h_q, 512]`` and ``lse`` fp32 ``[B, s_q, h_q]``, the natural-log
