@@ -157,6 +157,12 @@ def time_calls(
 # Environment and ceilings
 
 
+def graph_us(fn) -> float:
+    """Median µs per call of one callable in a CUDA graph (the small scripts' timer:
+    q_split.py, varlen_decode.py)."""
+    return time_calls([fn], budget_s=0.3, min_reps=5, max_reps=30, min_replay_s=2e-3).us
+
+
 def _nvidia_smi(device: int) -> dict:
     """Name, clocks and driver of ``device`` from nvidia-smi ({} when it is missing)."""
     fields = "name,clocks.sm,clocks.max.sm,clocks.mem,driver_version"

@@ -18,16 +18,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from bench_decode import time_calls  # noqa: E402
+from bench_decode import graph_us  # noqa: E402
 
 from mla_backend import ops  # noqa: E402
 
 SHAPES = [(128, 64, 6144), (16, 64, 6144), (128, 8, 4096), (16, 128, 1024), (128, 128, 1024)]
-
-
-def graph_us(fn) -> float:
-    """Median µs per call of fn in a CUDA graph."""
-    return time_calls([fn], budget_s=0.3, min_reps=5, max_reps=30, min_replay_s=2e-3).us
 
 
 def run(heads: int, batch: int, ctx: int) -> str:

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from bench_decode import time_calls  # noqa: E402
+from bench_decode import graph_us  # noqa: E402
 
 from mla_backend import ops  # noqa: E402
 
@@ -31,11 +31,6 @@ SHAPES = [(128, 64, 4096, 4), (128, 32, 8192, 4), (64, 64, 4096, 4), (16, 64, 40
           (16, 128, 8192, 3)]  # fmt: skip
 SCALE = 192**-0.5
 FA3_SPLITS = 32  # vLLM's flash_attn_max_num_splits_for_cuda_graph
-
-
-def graph_us(fn) -> float:
-    """Median µs per call of fn in a CUDA graph."""
-    return time_calls([fn], budget_s=0.3, min_reps=5, max_reps=30, min_replay_s=2e-3).us
 
 
 def query_counts(batch: int, max_q_len: int, seed: int) -> list[int]:
