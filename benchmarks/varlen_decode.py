@@ -9,7 +9,9 @@ Per shape (heads, batch, context, max_q_len): query counts drawn from 1..max_q_l
 every sequence with `context` tokens in the cache; one input set (the KV stream, B x context x
 1152 bytes, is several times the L2). Each variant is metadata + decode, timed in a CUDA graph
 by bench_decode's time_calls; the padded variant's time leaves out building the padded q.
-Checks ours (varlen) against FA3 (max difference relative to the largest output).
+Ours in varlen mode runs on one split-KV part per SM (ops.num_varlen_decode_parts, what the
+vLLM backend uses), and also on the uniform count of max_q_len (v13's). Checks ours (varlen)
+against FA3 (max difference relative to the largest output).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from bench_decode import graph_us  # noqa: E402
 
 from mla_backend import ops  # noqa: E402
 
-SHAPES = [(128, 64, 4096, 4), (128, 32, 8192, 4), (64, 64, 4096, 4), (16, 64, 4096, 4),
-          (16, 128, 8192, 3)]  # fmt: skip
+SHAPES = [(128, 64, 4096, 4), (128, 32, 8192, 4), (128, 128, 4096, 2), (64, 64, 4096, 4),
+          (32, 128, 4096, 4), (16, 64, 4096, 4), (16, 128, 8192, 3)]  # fmt: skip
 SCALE = 192**-0.5
 FA3_SPLITS = 32  # vLLM's flash_attn_max_num_splits_for_cuda_graph
 
@@ -56,9 +58,14 @@ def run(heads: int, batch: int, ctx: int, max_q_len: int, fa) -> str:
         q_pad[b, max_q_len - n :] = q[start : start + n]  # the real tokens are the last ones
 
     rows = max_q_len * heads
+    # Varlen on one part per SM (what the vLLM backend runs); the padded batch, and varlen on the
+    # same parts as it (the v13 backend), on the uniform count.
+    parts_v = ops.num_varlen_decode_parts(dev)
     parts = ops.num_decode_parts(rows, dev, batch=batch)
+    part_meta_v = torch.empty(parts_v, 4, dtype=torch.int32, device=dev)
     part_meta = torch.empty(parts, 4, dtype=torch.int32, device=dev)
     batch_meta = torch.empty(batch, 4, dtype=torch.int32, device=dev)
+    o_accum_v, lse_accum_v = ops.decode_workspace(parts_v, rows, dev)
     o_accum, lse_accum = ops.decode_workspace(parts, rows, dev)
     out = torch.empty(tokens, heads, 512, dtype=torch.bfloat16, device=dev)
     lse = torch.empty(tokens, heads, device=dev)
@@ -66,6 +73,12 @@ def run(heads: int, batch: int, ctx: int, max_q_len: int, fa) -> str:
     lse_pad = torch.empty(batch, max_q_len, heads, device=dev)
 
     def ours_varlen():
+        ops.get_decode_metadata(seqlens, part_meta_v, batch_meta)
+        ops.mla_decode(q, kv, block_table, seqlens, part_meta_v, batch_meta, SCALE, True,
+                       out, lse, o_accum_v, lse_accum_v, q_start=q_start,
+                       max_q_len=max_q_len)  # fmt: skip
+
+    def ours_varlen_uniform_parts():
         ops.get_decode_metadata(seqlens, part_meta, batch_meta)
         ops.mla_decode(q, kv, block_table, seqlens, part_meta, batch_meta, SCALE, True, out, lse,
                        o_accum, lse_accum, q_start=q_start, max_q_len=max_q_len)  # fmt: skip
@@ -75,7 +88,12 @@ def run(heads: int, batch: int, ctx: int, max_q_len: int, fa) -> str:
         ops.mla_decode(q_pad, kv, block_table, seqlens, part_meta, batch_meta, SCALE, True,
                        out_pad, lse_pad, o_accum, lse_accum)  # fmt: skip
 
-    times = {"ours varlen": graph_us(ours_varlen), "ours padded": graph_us(ours_padded)}
+    times = {
+        f"ours varlen ({parts_v} parts)": graph_us(ours_varlen),
+        f"ours varlen ({parts} parts)": graph_us(ours_varlen_uniform_parts),
+        "ours padded": graph_us(ours_padded),
+    }
+    ours = times[f"ours varlen ({parts_v} parts)"]
     check = ""
     if fa is not None:
         k = kv[..., 512:].unsqueeze(-2)
@@ -103,9 +121,9 @@ def run(heads: int, batch: int, ctx: int, max_q_len: int, fa) -> str:
         rel = ((out.float() - fa_out.float()).abs().max() / fa_out.float().abs().max()).item()
         check = f"  |ours - fa3| / max|fa3| = {rel:.2e}"
     cols = "  ".join(f"{name} {us:.1f} us" for name, us in times.items())
-    ratios = f"  padded/varlen {times['ours padded'] / times['ours varlen']:.3f}x"
+    ratios = f"  padded/varlen {times['ours padded'] / ours:.3f}x"
     if "fa3 varlen" in times:
-        ratios += f"  fa3/ours {times['fa3 varlen'] / times['ours varlen']:.3f}x"
+        ratios += f"  fa3/ours {times['fa3 varlen'] / ours:.3f}x"
     shape = f"h={heads} B={batch} L={ctx} q_len 1..{max_q_len} ({tokens} tokens)"
     return f"{shape}: {cols}{ratios}{check}"
 

@@ -10,6 +10,7 @@ _OPS = (
     "is_supported",
     "rows_per_cta",
     "num_decode_parts",
+    "num_varlen_decode_parts",
     "parts_for_batch",
     "get_decode_metadata",
     "get_mla_metadata",

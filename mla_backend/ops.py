@@ -75,6 +75,21 @@ def num_decode_parts(num_q_rows: int, device: DeviceLike = None, batch: int | No
     return parts if batch is None else parts_for_batch(parts, num_q_rows, batch)
 
 
+def num_varlen_decode_parts(device: DeviceLike = None) -> int:
+    """Split-KV parts for a varlen decode (``mla_decode`` with ``q_start``): one per SM.
+
+    The grid is ``row tiles of max_q_len * h_q`` x parts, and a CTA skips the sequences whose
+    rows end before its tile, so with ``num_decode_parts(max_q_len * h_q)`` parts (one wave of
+    CTAs) the first tiles' CTAs hold every sequence's pages and the call costs what the padded
+    batch costs. With a part per SM the CTAs are small and many (several waves), the hardware
+    schedules them as SMs free up, and the call costs about the real rows' work: on an H200, 1-4
+    query tokens per request, 128 heads, B=64 L=4k 505 -> 408 µs, B=32 L=8k 479 -> 350 µs, 1-2
+    tokens B=128 L=4k 504 -> 427 µs; 64 heads 262 -> 224 µs; at 16-32 heads level (docs/perf.md,
+    v14). The workspace grows with it (``decode_workspace(parts, max_q_len * h_q)``).
+    """
+    return _num_sms(_device_index(device))
+
+
 def parts_for_batch(num_parts: int, num_q_rows: int, batch: int) -> int:
     """``num_parts`` (``num_decode_parts`` without a batch) for a batch of ``batch`` sequences.
 

@@ -105,6 +105,7 @@ class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
             num_heads=self._num_heads,
             num_parts_for_rows=lambda rows: ops.num_decode_parts(rows, device),
             device=device,
+            varlen_num_parts=ops.num_varlen_decode_parts(device),
         )
         self._seen_s_q: set[tuple[int, bool]] = set()  # (s_q, varlen) already logged
 

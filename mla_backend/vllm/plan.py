@@ -19,6 +19,9 @@ from mla_backend.reference import HEAD_DIM_QK, HEAD_DIM_V
 
 Tensor = torch.Tensor
 
+# The most the split-KV workspace of a varlen decode may take (allocate_decode_buffers).
+VARLEN_WORKSPACE_BYTES = 256 << 20
+
 
 @dataclass(frozen=True)
 class DecodeBuffers:
@@ -28,7 +31,9 @@ class DecodeBuffers:
     max_batch: int
     num_parts: tuple[int, ...]  # split-KV parts for s_q = 1, 2, ..., max_s_q (a batch of one
     # may take fewer: ops.parts_for_batch)
-    part_meta: Tensor  # int32 [max(num_parts), 4]
+    varlen_num_parts: int  # split-KV parts of a varlen decode (ops.num_varlen_decode_parts);
+    # a varlen decode takes the larger of it and its longest request's uniform count
+    part_meta: Tensor  # int32 [most parts, 4]
     batch_meta: Tensor  # int32 [max_batch, 4]
     o_accum: Tensor  # bf16, flat, the largest 2 * num_parts * rows * 512 over s_q
     lse_accum: Tensor  # fp32, flat, the largest 2 * num_parts * rows over s_q
@@ -66,8 +71,11 @@ def allocate_decode_buffers(
     num_heads: int,
     num_parts_for_rows: Callable[[int], int],
     device: torch.device | str,
+    varlen_num_parts: int | None = None,
+    varlen_workspace_bytes: int = VARLEN_WORKSPACE_BYTES,
 ) -> DecodeBuffers:
-    """Allocate the metadata and split-KV workspace for every s_q in ``1..max_s_q``.
+    """Allocate the metadata and split-KV workspace for every s_q in ``1..max_s_q``, uniform
+    and (with ``max_s_q > 1``) varlen.
 
     Args:
         max_batch: most decode requests in one step (vLLM's ``max_num_seqs``; CUDA-graph padding
@@ -76,18 +84,37 @@ def allocate_decode_buffers(
         num_heads: query heads of the model on this rank.
         num_parts_for_rows: split-KV parts for ``rows = s_q * num_heads`` query rows
             (``mla_backend.ops.num_decode_parts``).
+        varlen_num_parts: split-KV parts of a varlen decode, whatever its longest request
+            (``mla_backend.ops.num_varlen_decode_parts``); None: those of a uniform batch of
+            its longest request's s_q. Sizes the workspace when larger: at 128 heads and
+            ``max_s_q = 4`` with 132 parts, 2 * 132 * 512 rows of 512 bf16 (138 MB) against
+            17 MB for the uniform counts.
+        varlen_workspace_bytes: most bytes the varlen workspace may take; fewer varlen parts
+            (not fewer than the uniform count of ``max_s_q``) when ``varlen_num_parts`` would
+            need more. A varlen decode takes the larger of the varlen and its s_q's uniform
+            count.
     """
     if max_batch < 1 or max_s_q < 1 or num_heads < 1:
         raise ValueError(
             f"need max_batch, max_s_q, num_heads >= 1, got {max_batch}, {max_s_q}, {num_heads}"
         )
     num_parts = tuple(num_parts_for_rows(s_q * num_heads) for s_q in range(1, max_s_q + 1))
-    slots_times_rows = max(2 * p * s_q * num_heads for s_q, p in enumerate(num_parts, start=1))
+    # A decode batch is varlen only when its requests' query counts differ, so max_s_q > 1 (its
+    # longest request may still have one token: the others none).
+    varlen = varlen_num_parts if varlen_num_parts is not None and max_s_q > 1 else 0
+    if varlen_num_parts is not None and varlen_num_parts < 1:
+        raise ValueError(f"need varlen_num_parts >= 1, got {varlen_num_parts}")
+    bytes_per_part = 2 * max_s_q * num_heads * (HEAD_DIM_V * 2 + 4)  # two pieces of every row
+    varlen = min(varlen, max(num_parts[-1], varlen_workspace_bytes // bytes_per_part))
+    slots_times_rows = max(
+        2 * max(p, varlen) * s_q * num_heads for s_q, p in enumerate(num_parts, start=1)
+    )
     return DecodeBuffers(
         num_heads=num_heads,
         max_batch=max_batch,
         num_parts=num_parts,
-        part_meta=torch.zeros((max(num_parts), 4), dtype=torch.int32, device=device),
+        varlen_num_parts=varlen,
+        part_meta=torch.zeros((max(*num_parts, varlen), 4), dtype=torch.int32, device=device),
         batch_meta=torch.zeros((max_batch, 4), dtype=torch.int32, device=device),
         o_accum=torch.empty(slots_times_rows * HEAD_DIM_V, dtype=torch.bfloat16, device=device),
         lse_accum=torch.empty(slots_times_rows, dtype=torch.float32, device=device),
@@ -176,6 +203,8 @@ def map_decode(
         )
     rows = s_q * buffers.num_heads
     num_parts = parts_for_batch(buffers.num_parts[s_q - 1], rows, batch)
+    if q_start is not None:
+        num_parts = max(num_parts, buffers.varlen_num_parts)
     slots = 2 * num_parts
     return DecodeArgs(
         s_q=s_q,

@@ -117,6 +117,13 @@ def test_num_decode_parts_for_batch(monkeypatch, rows, batch, parts):
     assert ops.num_decode_parts(rows, batch=batch) == parts
 
 
+def test_num_varlen_decode_parts_is_one_per_sm(monkeypatch):
+    monkeypatch.setattr(ops, "_num_sms", lambda index: H200_SMS)
+    monkeypatch.setattr(ops, "_device_index", lambda device: 0)
+    assert ops.num_varlen_decode_parts() == H200_SMS
+    assert mla_backend.num_varlen_decode_parts is ops.num_varlen_decode_parts
+
+
 def test_num_decode_parts_needs_rows():
     with pytest.raises(ValueError, match="num_q_rows"):
         ops.num_decode_parts(0)

@@ -32,13 +32,14 @@ def num_parts_for_rows(rows: int) -> int:
     return max(1, NUM_SMS // math.ceil(rows / ops.rows_per_cta(rows)))
 
 
-def buffers(max_batch=8, max_s_q=4, heads=HEADS):
+def buffers(max_batch=8, max_s_q=4, heads=HEADS, varlen_num_parts=None):
     return allocate_decode_buffers(
         max_batch=max_batch,
         max_s_q=max_s_q,
         num_heads=heads,
         num_parts_for_rows=num_parts_for_rows,
         device="cpu",
+        varlen_num_parts=varlen_num_parts,
     )
 
 
@@ -249,6 +250,62 @@ def test_buffers_cover_every_query_length():
     assert bufs.part_meta.shape[0] == max(num_parts_for_rows(s * HEADS) for s in range(1, 5))
     most = max(2 * num_parts_for_rows(s * HEADS) * s * HEADS for s in range(1, 5))
     assert bufs.o_accum.numel() == most * 512 and bufs.lse_accum.numel() == most
+
+
+def test_varlen_decode_takes_the_varlen_parts():
+    # A varlen decode runs on one part per SM (ops.num_varlen_decode_parts), a uniform one on the
+    # uniform count of its s_q (1 part for 4 x 128 rows on this 8-SM GPU); the buffers hold both.
+    heads = 128
+    bufs = buffers(heads=heads, varlen_num_parts=NUM_SMS)
+    assert bufs.varlen_num_parts == NUM_SMS and bufs.part_meta.shape[0] == NUM_SMS
+    most = 2 * NUM_SMS * 4 * heads
+    assert bufs.o_accum.numel() == most * 512 and bufs.lse_accum.numel() == most
+    for query_lens, varlen in [([2, 4, 1, 3], True), ([4, 4], False), ([1, 2], True)]:
+        block_table, seq_lens_d, qsl, tokens = vllm_decode_slice(
+            query_lens, [50] * len(query_lens), threshold=4, require_uniform=False
+        )
+        args = map_decode(block_table, seq_lens_d, tokens, bufs, qsl, qsl)
+        assert (args.q_start is not None) == varlen
+        parts = NUM_SMS if varlen else num_parts_for_rows(args.s_q * heads)
+        rows = args.s_q * heads
+        assert args.part_meta.shape == (parts, 4)
+        assert args.o_accum.shape == (2 * parts, rows, 512)
+        assert args.lse_accum.shape == (2 * parts, rows)
+    # Longest request one token, the others none: varlen on s_q = 1, still in the buffers.
+    qsl = torch.tensor([0, 1, 2, 2], dtype=torch.int32)
+    args = map_decode(torch.zeros(3, 2, dtype=torch.int32), torch.full((3,), 9, dtype=torch.int32),
+                      2, bufs, qsl, qsl)  # fmt: skip
+    assert args.q_start is not None and args.s_q == 1
+    assert args.o_accum.shape == (2 * NUM_SMS, heads, 512)
+
+
+def test_varlen_parts_need_several_query_tokens():
+    # max_s_q = 1: no decode batch is varlen, so no workspace for it.
+    bufs = buffers(max_s_q=1, heads=128, varlen_num_parts=NUM_SMS)
+    assert bufs.varlen_num_parts == 0 and bufs.part_meta.shape[0] == num_parts_for_rows(128)
+    with pytest.raises(ValueError, match="varlen_num_parts"):
+        buffers(varlen_num_parts=0)
+
+
+def test_varlen_parts_fit_the_workspace_budget():
+    # 16 query tokens x 128 heads: a part's two pieces of 2048 rows take 4.2 MB; a 10 MB budget
+    # leaves 2 varlen parts, never fewer than the uniform count of s_q = 16 (1 here).
+    per_part = 2 * 16 * 128 * (512 * 2 + 4)
+    bufs = allocate_decode_buffers(
+        max_batch=4, max_s_q=16, num_heads=128, num_parts_for_rows=num_parts_for_rows,
+        device="cpu", varlen_num_parts=NUM_SMS, varlen_workspace_bytes=10 << 20,
+    )  # fmt: skip
+    assert bufs.varlen_num_parts == (10 << 20) // per_part == 2
+    bufs = allocate_decode_buffers(
+        max_batch=4, max_s_q=16, num_heads=128, num_parts_for_rows=num_parts_for_rows,
+        device="cpu", varlen_num_parts=NUM_SMS, varlen_workspace_bytes=1,
+    )  # fmt: skip
+    assert bufs.varlen_num_parts == bufs.num_parts[-1] == 1
+    # A varlen step of at most 2 tokens takes its uniform count: 2 parts for 2 x 128 rows.
+    qsl = torch.tensor([0, 1, 3], dtype=torch.int32)
+    args = map_decode(torch.zeros(2, 2, dtype=torch.int32), torch.full((2,), 9, dtype=torch.int32),
+                      3, bufs, qsl, qsl)  # fmt: skip
+    assert args.q_start is not None and args.part_meta.shape[0] == num_parts_for_rows(256) == 2
 
 
 @pytest.mark.parametrize(
