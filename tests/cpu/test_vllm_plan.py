@@ -18,6 +18,7 @@ from mla_backend.reference import make_decode_inputs, mla_decode_reference  # no
 from mla_backend.vllm import compat  # noqa: E402
 from mla_backend.vllm.plan import (  # noqa: E402
     allocate_decode_buffers,
+    decode_query_lens,
     decode_query_view,
     map_decode,
 )
@@ -250,6 +251,24 @@ def test_buffers_cover_every_query_length():
     assert bufs.part_meta.shape[0] == max(num_parts_for_rows(s * HEADS) for s in range(1, 5))
     most = max(2 * num_parts_for_rows(s * HEADS) * s * HEADS for s in range(1, 5))
     assert bufs.o_accum.numel() == most * 512 and bufs.lse_accum.numel() == most
+
+
+@pytest.mark.parametrize(
+    ("query_lens", "tokens", "expected"),
+    [
+        ([3, 3, 3], 9, None),  # uniform
+        ([3, 3, 0, 0], 12, None),  # CUDA-graph padded: the runner pads the tokens
+        ([0, 0], 0, None),  # all padding
+        ([3, 1, 3], 7, [3, 1, 3]),
+        ([2, 2, 0], 4, [2, 2, 0]),  # not padded to 3 x 2 tokens: varlen
+        ([1, 3, 2, 2], 8, [1, 3, 2, 2]),  # 8 tokens split evenly, yet not uniform
+    ],
+)
+def test_decode_query_lens(query_lens, tokens, expected):
+    qsl = torch.tensor([0, *query_lens], dtype=torch.int32).cumsum(0).to(torch.int32)
+    assert decode_query_lens(qsl, len(query_lens), tokens) == expected
+    assert decode_query_lens(None, len(query_lens), tokens) is None
+    assert decode_query_lens(qsl, 0, 0) is None
 
 
 def test_varlen_decode_takes_the_varlen_parts():
