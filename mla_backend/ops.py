@@ -83,8 +83,8 @@ def num_varlen_decode_parts(device: DeviceLike = None) -> int:
     CTAs) the first tiles' CTAs hold every sequence's pages and the call costs what the padded
     batch costs. With a part per SM the CTAs are small and many (several waves), the hardware
     schedules them as SMs free up, and the call costs about the real rows' work: on an H200, 1-4
-    query tokens per request, 128 heads, B=64 L=4k 505 -> 408 µs, B=32 L=8k 479 -> 350 µs, 1-2
-    tokens B=128 L=4k 504 -> 427 µs; 64 heads 262 -> 224 µs; at 16-32 heads level (docs/perf.md,
+    query tokens per request, 128 heads, B=64 L=4k 511 -> 398 µs, B=32 L=8k 479 -> 354 µs, 1-2
+    tokens B=128 L=4k 548 -> 396 µs; 64 heads 253 -> 230 µs; at 16-32 heads level (docs/perf.md,
     v14). The workspace grows with it (``decode_workspace(parts, max_q_len * h_q)``).
     """
     return _num_sms(_device_index(device))

@@ -36,8 +36,8 @@ class DecodeBuffers:
     # a varlen decode takes the larger of it and its longest request's uniform count
     part_meta: Tensor  # int32 [most parts, 4]
     batch_meta: Tensor  # int32 [max_batch, 4]
-    o_accum: Tensor  # bf16, flat, the largest 2 * num_parts * rows * 512 over s_q
-    lse_accum: Tensor  # fp32, flat, the largest 2 * num_parts * rows over s_q
+    o_accum: Tensor  # bf16, flat, the largest 2 * parts * rows * 512 over s_q (uniform, varlen)
+    lse_accum: Tensor  # fp32, flat, the largest 2 * parts * rows over s_q
 
     @property
     def max_s_q(self) -> int:

@@ -171,8 +171,8 @@ VARLEN = [
     ([4097, 700, 0, 65, 1, 64], [3, 1, 2, 4, 0, 2], 4),
     ([300, 5000, 129], [1, 2, 1], 3),  # max_q_len above every sequence's count
     ([2000] * 5, [16, 1, 9, 16, 5], 16),
-    # Many sequences of mixed query counts: parts need different numbers of row tiles, so most
-    # CTAs of a multi-tile grid take another (part, tile) pair than their own (varlen_cta_work).
+    # Many sequences of mixed query counts (0-4): at 128 heads the parts' sequences need
+    # different numbers of row tiles, and many CTAs of the grid have nothing to do.
     ([(37 * i * i) % 3000 for i in range(40)], [(i * 7) % 5 for i in range(40)], 4),
 ]
 
