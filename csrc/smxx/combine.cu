@@ -1,7 +1,10 @@
 // Split-KV combine: merges the partial results of sequences cut across parts (bf16, each
 // normalised by its own row sums), weighting each piece by exp(lse_piece - lse_total) in fp32.
 // Arch-agnostic. Two shapes of the same merge, launched with PDL (the CTAs start while the
-// decode kernel drains and wait for it before reading):
+// decode kernel drains and wait for it before reading its pieces). The plan (part_meta,
+// batch_meta) is read before that wait: the metadata kernel that wrote it completed before the
+// decode kernel passed its own wait, and this grid launches only after every decode CTA has
+// passed it, so the plan's round trip overlaps the decode kernel's tail (docs/perf.md v15).
 //
 // - Few pieces per sequence (a large batch): one warp per row, four rows per CTA. A split
 //   sequence is the last sequence of the part where it starts, so the grid is (parts x row
@@ -92,21 +95,28 @@ struct LseSum {
 constexpr int kColsPerLane = kDimV / 32;  // warp-per-row kernel: four groups of 4 at lane*4 + 128*j
 constexpr int kRowWarps = 4;
 
+// kExitEarly: a warp with nothing to merge leaves before the wait rather than after it. Early
+// exits end the grid's empty CTAs while the decode kernel drains, which wins when few CTAs have
+// work (about one piece per sequence); with a few pieces per sequence, the CTAs that launch in
+// their place crowd the working ones onto the SMs that freed first, and leaving after the wait
+// (which spreads them as before) wins (v15: 16 heads B = 32 L = 1k 0.94x early, 1.02x late).
+template <bool kExitEarly>
 __global__ void __launch_bounds__(kRowWarps * 32)
     combine_rows_kernel(const __grid_constant__ DecodeParams p) {
-  ptx::griddep_wait();
   const int part = blockIdx.x;
   const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
-  if (pm.x >= pm.y) return;
-  const int b = pm.y - 1;
+  const int b = max(pm.y - 1, 0);  // the part's last sequence (batch >= 1 here)
   const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
   const int num_splits = bm.z;
-  if (num_splits <= 1 || bm.y != part) return;  // not split, or combined by its first part
-
   const int lane = threadIdx.x % 32;
   const int r = blockIdx.y * kRowWarps + threadIdx.x / 32;
   const QuerySpan qs = query_span(p, b);
-  if (r >= qs.rows) return;  // past the sequence's rows (varlen): no piece holds them
+  // No sequence, or not split, or combined by its first part, or past the sequence's rows
+  // (varlen: no piece holds them).
+  const bool idle = pm.x >= pm.y || num_splits <= 1 || bm.y != part || r >= qs.rows;
+  if (kExitEarly && idle) return;
+  ptx::griddep_wait();
+  if (idle) return;
 
   const float* lse_part = p.lse_accum + int64_t(bm.w) * p.rows + r;
   LseSum t;
@@ -145,13 +155,13 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
   constexpr int kThreads = kGroups * kDimV / 4;
   __shared__ float4 partial[kGroups > 1 ? kGroups - 1 : 1][kDimV / 4];
   __shared__ float2 red[kThreads / 32];
-  ptx::griddep_wait();
   const int b = blockIdx.x;
   const int r = blockIdx.y;
   const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
   const int num_splits = bm.z;
   const QuerySpan qs = query_span(p, b);
   if (num_splits <= 1 || r >= qs.rows) return;  // whole CTA: no barrier is left waiting
+  ptx::griddep_wait();
 
   const int tid = threadIdx.x;
   const int c4 = tid % (kDimV / 4);  // this thread's 4 columns of the row
@@ -224,8 +234,11 @@ cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream) {
     return launch_pdl(combine_seq_kernel<1>, grid, dim3(128), 0, stream, params);
   }
   const int row_blocks = (params.rows + kRowWarps - 1) / kRowWarps;
-  return launch_pdl(combine_rows_kernel, dim3(params.num_parts, row_blocks), dim3(kRowWarps * 32),
-                    0, stream, params);
+  const dim3 grid(params.num_parts, row_blocks);
+  if (pieces <= 1) {
+    return launch_pdl(combine_rows_kernel<true>, grid, dim3(kRowWarps * 32), 0, stream, params);
+  }
+  return launch_pdl(combine_rows_kernel<false>, grid, dim3(kRowWarps * 32), 0, stream, params);
 }
 
 }  // namespace mla
