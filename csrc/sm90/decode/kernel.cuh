@@ -5,10 +5,12 @@
 // The two warpgroups have different jobs. Warpgroup S computes S = Q K^T for the whole page
 // (m64n64, so Q and K are each read once per k-step), the softmax (whole rows: no exchange), and
 // O[:, 0:256] += P V with P from its registers. Warpgroup V only accumulates O[:, 256:512] += P V
-// with P from shared memory and rescales its half by the row factors S leaves there. S issues
-// O += P(j) V_j and S(j+1) back to back and runs the softmax of page j+1 while V's MMA for page j
-// is in flight, so the tensor cores see S, P V (left) and P V (right) of consecutive pages with
-// only the softmax in between. V refills page j's stage as soon as both are done with it.
+// with P from shared memory and rescales its half by the row factors S leaves there. Both halves
+// of P(j) V_j run together; S waits for its own half to complete and says so before it waits for
+// page j+1 and issues S(j+1), and V refills page j's stage as soon as both halves are done. How
+// long a stage is held from its landing to its refill bounds the loop with two stages, memory-
+// and compute-bound alike: "S done" used to follow the wait for page j+1 and the issue of S(j+1),
+// which held page j as long as page j+1 took to land (docs/perf.md v16).
 #pragma once
 
 #include <cuda.h>
@@ -229,10 +231,13 @@ __global__ void __launch_bounds__(kThreads, 1)
           ptx::named_barrier_arrive(kBarSDone, kThreads);
           break;
         }
-        start_s(j + 1);
-        ptx::wgmma_wait<1>();  // O += P(j) V_j is done: page j is V's alone now
+        // O += P(j) V_j is done: page j is V's alone now. Said before the wait for page j+1, so
+        // that page j's refill does not wait for page j+1 to land, and before S(j+1) is issued,
+        // so that V's half of P(j) V_j shares the tensor cores with S's half only.
+        ptx::wgmma_wait<0>();
         ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
         ptx::named_barrier_arrive(kBarSDone, kThreads);
+        start_s(j + 1);
         ptx::wgmma_wait<0>();
         ptx::fence_regs(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc));
         page_softmax(sacc, m, l, alpha, pk, limit, (w.page_begin + j + 1) * kPageSize,
