@@ -9,18 +9,19 @@ per-instruction source page (``ncu --page source --csv --print-source sass``) to
 ``OUT/<case>.csv.gz``; `report` reads such files and prints, per file, the share of all stall
 samples that fall in warpgroup S's loop and how they split over its regions (docs/perf.md, v11):
 
-    issue P V      S's O += P(j) V_j (the wgmma with P in registers) up to the page wait
+    issue P V      S's O += P(j) V_j (the wgmma with P in registers)
+    wait P V       the wait for it to complete and the "S done" arrive (page j may be refilled)
     page wait      the mbarrier wait for page j+1 (and a partial page's tail zeroing)
     issue S        the 36 wgmma of S(j+1); they stall while the tensor pipe is busy
-    wait S         the wgmma waits for P(j) V_j and S(j+1)
+    wait S         the wgmma wait for S(j+1)
     softmax        scores to P, the O rescale, up to the "free" barrier
     publish        the "free" barrier, P and alpha into shared memory, the fence, "ready"
 
-The regions are found by the SASS the current kernel compiles to (csrc/sm90/decode/kernel.cuh):
-the first HGMMA with a register A operand opens the loop, then in order a TRYWAIT, the first
-``HGMMA.64x64x16``, ``WARPGROUP.DEPBAR.LE gsb0, 0x1``, the next ``WARPGROUP.DEPBAR.LE gsb0,
-0x0``, ``BAR.SYNC ... 0x4`` and ``BAR.ARV 0x2``. A kernel that no longer has that shape makes
-`report` say which marker it missed rather than guess.
+The regions are found by the SASS the current kernel compiles to (csrc/sm90/decode/kernel.cuh,
+since docs/perf.md v16): the first HGMMA with a register A operand opens the loop, then in order
+``WARPGROUP.DEPBAR.LE gsb0, 0x0``, a TRYWAIT, the first ``HGMMA.64x64x16``, the next
+``WARPGROUP.DEPBAR.LE gsb0, 0x0``, ``BAR.SYNC ... 0x4`` and ``BAR.ARV 0x2``. A kernel that no
+longer has that shape makes `report` say which marker it missed rather than guess.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REGIONS = ("issue P V", "page wait", "issue S", "wait S", "softmax", "publish")
+REGIONS = ("issue P V", "wait P V", "page wait", "issue S", "wait S", "softmax", "publish")
 SAMPLES = "Warp Stall Sampling (All Samples)"
 
 
@@ -72,13 +73,14 @@ def region_bounds(ops: list[str]) -> dict[str, tuple[int, int]]:
     begin = next((i for i, op in enumerate(ops) if register_a(op)), None)
     if begin is None:
         raise ValueError("no HGMMA with a register A operand: not the 64-row decode kernel")
-    wait_page = _find(ops, "TRYWAIT", begin)
+    wait_pv = _find(ops, "WARPGROUP.DEPBAR.LE gsb0, 0x0", begin)
+    wait_page = _find(ops, "TRYWAIT", wait_pv)
     issue_s = _find(ops, "HGMMA.64x64x16", wait_page)
-    wait_s = _find(ops, "WARPGROUP.DEPBAR.LE gsb0, 0x1", issue_s)
-    softmax = _find(ops, "WARPGROUP.DEPBAR.LE gsb0, 0x0", wait_s) + 1
+    wait_s = _find(ops, "WARPGROUP.DEPBAR.LE gsb0, 0x0", issue_s)
+    softmax = wait_s + 1
     publish = _find(ops, "BAR.SYNC.DEFER_BLOCKING 0x4", softmax)
     end = _find(ops, "BAR.ARV 0x2", publish) + 1
-    edges = (begin, wait_page, issue_s, wait_s, softmax, publish, end)
+    edges = (begin, wait_pv, wait_page, issue_s, wait_s, softmax, publish, end)
     return {name: (edges[k], edges[k + 1]) for k, name in enumerate(REGIONS)}
 
 
