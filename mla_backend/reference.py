@@ -88,7 +88,8 @@ def mla_decode_reference(
     return out, lse
 
 
-FIXED_COST_PAGES = 2  # kFixedCostPages: a sequence's prologue and epilogue, in page units
+FIXED_COST_PAGES = 4  # kFixedCostPages: a sequence's prologue and epilogue, in page units
+FIXED_COST_ONE_SEQ = 1  # kFixedCostOneSeq: the same for a batch of one sequence
 CUT_COST_PAGES = 4  # kCutCostPages: what the planner charges a part boundary inside a sequence
 PLAN_SEARCH_MAX_SEQS = 4096  # kSmemSeqs: larger batches take the equal part size
 MAX_PLAN_UNITS = 1 << 30  # kMaxPlanUnits: the planner's unit sums stay in int32
@@ -106,15 +107,18 @@ def split_kv_plan(
         raise ValueError(f"num_parts must be >= 1, got {num_parts}")
     # Planned pages: capped so that the batch's units fit MAX_PLAN_UNITS (only garbage lengths,
     # over 2^36 tokens in all, reach the cap; the kernel still runs each sequence to its end).
-    cap = max(MAX_PLAN_UNITS // max(len(seqlens), 1) - FIXED_COST_PAGES, 1)
+    # A batch of one sequence: every part holds a piece of it anyway, and a larger fixed cost
+    # would only move the part boundaries; one unit keeps an empty sequence in a part.
+    fixed = FIXED_COST_PAGES if len(seqlens) > 1 else FIXED_COST_ONE_SEQ
+    cap = max(MAX_PLAN_UNITS // max(len(seqlens), 1) - fixed, 1)
     pages = [min(math.ceil(max(n, 0) / PAGE_SIZE), cap) for n in seqlens]
     ends, unit = [], 0
     for p in pages:
-        unit += p + FIXED_COST_PAGES
+        unit += p + fixed
         ends.append(unit)
     total = unit
     # The unit of a sequence's first page, or its start when it has none.
-    firsts = [e - p if p > 0 else e - FIXED_COST_PAGES for e, p in zip(ends, pages, strict=True)]
+    firsts = [e - p if p > 0 else e - fixed for e, p in zip(ends, pages, strict=True)]
     per_part = max(-(-total // num_parts), 1)
     if len(seqlens) <= PLAN_SEARCH_MAX_SEQS and 4 * len(seqlens) >= num_parts:
 

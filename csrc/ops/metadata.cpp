@@ -43,6 +43,7 @@ void get_decode_metadata(const at::Tensor& seqlens, const at::Tensor& part_meta,
   params.batch_meta = batch_meta.data_ptr<int>();
   params.batch = static_cast<int>(batch);
   params.num_parts = static_cast<int>(part_meta.size(0));
+  params.fixed_cost = batch > 1 ? kFixedCostPages : kFixedCostOneSeq;
   const cudaError_t err = run_metadata(params, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "mla_backend metadata kernel failed to launch: ",
               cudaGetErrorString(err));

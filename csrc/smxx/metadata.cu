@@ -1,7 +1,7 @@
 // Split-KV scheduler metadata, computed on the GPU from seqlens (no host sync, fixed-size
 // outputs, so it can be captured in a CUDA graph). One CTA; see docs/design.md for the plan.
 //
-// Sequence b covers units [start_b, end_b) (its pages plus kFixedCostPages before them, all
+// Sequence b covers units [start_b, end_b) (its pages plus p.fixed_cost before them, all
 // sequences end to end) and parts first_b ..= last_b, with first_b = first_unit_b / T (the unit
 // of its first page, or start_b for an empty sequence) and last_b = (end_b - 1) / T. Both are
 // monotone in b, so part q's sequences are the contiguous range of b with first_b <= q <= last_b:
@@ -53,7 +53,7 @@ __device__ int block_inclusive_scan(int v, int& total, int* warp_sums) {
 
 // Planned pages of sequence b: its pages, capped so that the batch's units fit (kMaxPlanUnits).
 __device__ __forceinline__ int num_pages_of(const MetadataParams& p, int b) {
-  const int cap = max(kMaxPlanUnits / max(p.batch, 1) - kFixedCostPages, 1);
+  const int cap = max(kMaxPlanUnits / max(p.batch, 1) - p.fixed_cost, 1);
   return min(pages_of(p.seqlens[b]), cap);
 }
 
@@ -69,19 +69,19 @@ __device__ __forceinline__ int4 part_bounds(int q, int per_part, int total) {
 }
 
 // First unit of sequence b: its first page's, or its start when it has no page.
-__device__ __forceinline__ int first_unit_of(int page0, int end) {
-  return end > page0 ? page0 : page0 - kFixedCostPages;
+__device__ __forceinline__ int first_unit_of(int page0, int end, int fixed) {
+  return end > page0 ? page0 : page0 - fixed;
 }
 
 // Number of leading sequences with key(b) < x, for a key non-decreasing in b: end_b, or the first
 // unit when kFirst.
 template <bool kFirst>
 __device__ __forceinline__ int count_below(const int* end_unit, const int* page0, int n,
-                                           int64_t x) {
+                                           int64_t x, int fixed) {
   int lo = 0, hi = n;
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
-    const int key = kFirst ? first_unit_of(page0[mid], end_unit[mid]) : end_unit[mid];
+    const int key = kFirst ? first_unit_of(page0[mid], end_unit[mid], fixed) : end_unit[mid];
     if (key < x) {
       lo = mid + 1;
     } else {
@@ -117,7 +117,7 @@ __device__ int choose_units_per_part(const MetadataParams& p, int total, const i
     const float rcp = 1.f / float(t);
     int cuts = 0;
     for (int b = lane; b < p.batch; b += 32) {
-      const unsigned first = unsigned(first_unit_of(page0_unit[b], end_unit[b]));
+      const unsigned first = unsigned(first_unit_of(page0_unit[b], end_unit[b], p.fixed_cost));
       cuts += int(div_floor(unsigned(end_unit[b]) - 1u, t, rcp) - div_floor(first, t, rcp));
     }
 #pragma unroll
@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   for (int base = 0; base < p.batch; base += kThreads) {
     const int b = base + threadIdx.x;
     const int pages = b < p.batch ? num_pages_of(p, b) : 0;
-    const int cost = b < p.batch ? pages + kFixedCostPages : 0;
+    const int cost = b < p.batch ? pages + p.fixed_cost : 0;
     int chunk_total;
     const int end = carry + block_inclusive_scan(cost, chunk_total, warp_sums);
     if (b < p.batch) {
@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
     const int b = base + threadIdx.x;
     int first = 0, splits = 0;
     if (b < p.batch) {
-      first = first_unit_of(page0_unit[b], end_unit[b]) / per_part;
+      first = first_unit_of(page0_unit[b], end_unit[b], p.fixed_cost) / per_part;
       splits = (end_unit[b] - 1) / per_part - first + 1;
     }
     int chunk_total;
@@ -197,8 +197,8 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   for (int q = threadIdx.x; q < p.num_parts; q += kThreads) {
     int4 pm = part_bounds(q, per_part, total);
     const int64_t begin = int64_t(q) * per_part, end = int64_t(q + 1) * per_part;
-    const int b_begin = count_below<false>(end_unit, page0_unit, p.batch, begin + 1);
-    const int b_end = count_below<true>(end_unit, page0_unit, p.batch, end);
+    const int b_begin = count_below<false>(end_unit, page0_unit, p.batch, begin + 1, p.fixed_cost);
+    const int b_end = count_below<true>(end_unit, page0_unit, p.batch, end, p.fixed_cost);
     if (b_begin < b_end) {
       pm.x = b_begin;
       pm.y = b_end;
@@ -218,10 +218,10 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
   int carry = 0;
   for (int base = 0; base < p.batch; base += kThreads) {
     const int b = base + threadIdx.x;
-    const int cost = b < p.batch ? num_pages_of(p, b) + kFixedCostPages : 0;
+    const int cost = b < p.batch ? num_pages_of(p, b) + p.fixed_cost : 0;
     int chunk_total;
     const int incl = block_inclusive_scan(cost, chunk_total, warp_sums);
-    if (b < p.batch) batch_meta[b].x = carry + incl - cost + kFixedCostPages;
+    if (b < p.batch) batch_meta[b].x = carry + incl - cost + p.fixed_cost;
     carry += chunk_total;
   }
   const int total = carry;
@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
     if (b < p.batch) {
       const int pages = num_pages_of(p, b);
       const int page0 = batch_meta[b].x;
-      first = (pages > 0 ? page0 : page0 - kFixedCostPages) / per_part;
+      first = (pages > 0 ? page0 : page0 - p.fixed_cost) / per_part;
       last = (page0 + pages - 1) / per_part;
       last = max(first, last);
       splits = last - first + 1;

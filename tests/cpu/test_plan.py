@@ -1,12 +1,18 @@
 """The split-KV plan's contract, on the Python planner the GPU planner is tested against
 (tests/gpu/test_decode.py::test_metadata_matches_reference): what the decode and combine
-kernels and the workspace size rely on, and the part sizes docs/perf.md (v7) measured."""
+kernels and the workspace size rely on, and the part sizes docs/perf.md (v7, v16) measured."""
 
 import random
 
 import pytest
 
-from mla_backend.reference import MAX_PLAN_UNITS, PAGE_SIZE, split_kv_plan
+from mla_backend.reference import (
+    FIXED_COST_ONE_SEQ,
+    FIXED_COST_PAGES,
+    MAX_PLAN_UNITS,
+    PAGE_SIZE,
+    split_kv_plan,
+)
 
 
 def random_batch(rng: random.Random) -> tuple[list[int], int]:
@@ -29,7 +35,8 @@ def test_plan_contract(seed):
     assert parts[0][2] == 0
     for q in range(num_parts - 1):
         assert parts[q][3] == parts[q + 1][2]
-    total = sum(-(-max(n, 0) // PAGE_SIZE) + 2 for n in seqlens)
+    fixed = FIXED_COST_PAGES if len(seqlens) > 1 else FIXED_COST_ONE_SEQ
+    total = sum(-(-max(n, 0) // PAGE_SIZE) + fixed for n in seqlens)
     assert parts[-1][3] == total
     slots_used = 0
     for b, (page0, first, splits, slot) in enumerate(batches):
@@ -54,12 +61,13 @@ def test_plan_contract(seed):
 @pytest.mark.parametrize(
     ("batch", "length", "num_parts", "units_per_part", "split"),
     [
-        (128, 4096, 132, 66, 0),  # 66 units each: one whole sequence per part, not two halves
-        (128, 4096, 66, 132, 0),  # two whole sequences per part
-        (128, 1024, 66, 36, 0),  # 18 units each: two per part instead of cuts at 35
-        (128, 16384, 132, 251, 128),  # 258 units: cutting costs less than 7 more units per part
-        (32, 4096, 132, 16, 32),  # batch * 4 < parts: equal parts, every sequence split
-        (1, 4096, 132, 1, 1),  # one page per part, 64 pieces
+        (128, 4096, 132, 68, 0),  # 68 units each: one whole sequence per part, not two halves
+        (128, 4096, 66, 136, 0),  # two whole sequences per part
+        (128, 1024, 66, 40, 0),  # 20 units each: two per part instead of cuts at 39
+        (128, 16384, 132, 253, 128),  # 260 units: cutting costs less than 7 more units per part
+        (32, 4096, 132, 17, 32),  # batch * 4 < parts: equal parts, every sequence split
+        (1, 4096, 132, 1, 1),  # one sequence: one page per part, 64 pieces
+        (1, 32768, 66, 8, 1),  # 513 units: 8 per part, as with one page of fixed cost
     ],
 )
 def test_part_size(batch, length, num_parts, units_per_part, split):
@@ -68,10 +76,21 @@ def test_part_size(batch, length, num_parts, units_per_part, split):
     assert sum(b[2] > 1 for b in batches) == split
 
 
+def test_one_sequence_keeps_its_pages_spread():
+    # A batch of one sequence takes one unit of fixed cost whatever FIXED_COST_PAGES is: every
+    # part holds a piece of it, and a larger cost would raise the part size (docs/perf.md v16).
+    parts, batches = split_kv_plan([4096], 66)
+    assert batches[0][:3] == [1, 1, 64]  # its first page is unit 1, in part 1; 64 pieces
+    assert sum(p[3] > p[2] for p in parts) == 65
+    # An empty sequence still has a part, which writes its empty rows.
+    parts, batches = split_kv_plan([0], 132)
+    assert batches[0][2] == 1 and parts[0][:2] == [0, 1]
+
+
 def test_large_batches_take_equal_parts():
     # Above 4096 sequences the GPU plans through global memory, without the part-size search.
     parts, _ = split_kv_plan([4096] * 5000, 4000)
-    assert parts[0][3] - parts[0][2] == -(-5000 * 66 // 4000)
+    assert parts[0][3] - parts[0][2] == -(-5000 * (64 + FIXED_COST_PAGES) // 4000)
 
 
 @pytest.mark.parametrize("batch", [1, 64, 100, 5000])
@@ -90,8 +109,9 @@ def test_garbage_lengths_keep_the_plan_in_int32(batch):
     for b, (_, first, splits, _) in enumerate(batches):
         touching = [q for q, part in enumerate(parts) if part[0] <= b < part[1]]
         assert touching == list(range(first, first + splits)) and splits >= 1
-    # Real lengths are not capped: the cap is 2^30 // batch - 2 pages per sequence.
-    assert split_kv_plan([2**20] * 100, 132)[0][-1][3] == 100 * (2**20 // PAGE_SIZE + 2)
+    # Real lengths are not capped: the cap is 2^30 // batch - FIXED_COST_PAGES pages per sequence.
+    total = split_kv_plan([2**20] * 100, 132)[0][-1][3]
+    assert total == 100 * (2**20 // PAGE_SIZE + FIXED_COST_PAGES)
 
 
 def test_rejects_no_parts():

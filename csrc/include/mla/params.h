@@ -13,8 +13,14 @@ constexpr int kDimV = 512;     // V is the first 512 dims of the cached latent
 constexpr int kPageSize = 64;  // tokens per KV-cache page
 constexpr int kMaxQTokens = 16;
 constexpr int kMaxHeads = 128;
-// Split-KV cost of one sequence = its pages + this many page-equivalents (Q load, epilogue).
-constexpr int kFixedCostPages = 2;
+// Split-KV cost of one sequence = its pages + this many page-equivalents (Q load, epilogue),
+// in a batch of more than one sequence (docs/perf.md v16: 4 against 2 is 1.044x on skewed
+// batches, level on uniform ones; 1-6 measured). A batch of one sequence takes
+// kFixedCostOneSeq: all parts hold a piece of it anyway, so a larger cost would only move the
+// part boundaries (3-6 there: 0.92-0.95x at 16 heads, L = 4k), and one unit keeps an empty
+// sequence in a part.
+constexpr int kFixedCostPages = 4;
+constexpr int kFixedCostOneSeq = 1;
 // What the planner charges a part boundary that cuts a sequence, in pages (second prologue and
 // epilogue, partial rows, combine share; measured in docs/perf.md, v7, with fp32 partials).
 constexpr int kCutCostPages = 4;
@@ -39,6 +45,7 @@ struct MetadataParams {
   int* batch_meta;     // [batch, 4]: page0_unit, first_part, num_splits, split_slot
   int batch;
   int num_parts;
+  int fixed_cost;  // units per sequence before its pages: kFixedCostPages (kFixedCostOneSeq)
 };
 
 struct DecodeParams {
