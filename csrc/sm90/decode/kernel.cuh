@@ -225,18 +225,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_fence();
         issue_pv_regs(o, pk, kv_addr(stage_of(j)));
         ptx::wgmma_commit();
-        if (j + 1 == num_pages) {
-          ptx::wgmma_wait<0>();
-          ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
-          ptx::named_barrier_arrive(kBarSDone, kThreads);
-          break;
-        }
         // O += P(j) V_j is done: page j is V's alone now. Said before the wait for page j+1, so
         // that page j's refill does not wait for page j+1 to land, and before S(j+1) is issued,
         // so that V's half of P(j) V_j shares the tensor cores with S's half only.
         ptx::wgmma_wait<0>();
         ptx::fence_regs(reinterpret_cast<float(&)[kVColsPerWg / 2]>(o));
         ptx::named_barrier_arrive(kBarSDone, kThreads);
+        if (j + 1 == num_pages) break;
         start_s(j + 1);
         ptx::wgmma_wait<0>();
         ptx::fence_regs(reinterpret_cast<float(&)[4 * kScoreTiles]>(sacc));
