@@ -14,6 +14,12 @@ every backend runs in its own child process, which runs all head configs. The ch
 started together so that their vLLM imports overlap, then run one after another: only one
 ever holds the GPU.
 
+--rounds R runs every backend in R processes, in alternating order (default, flashmla, ours,
+then ours, flashmla, default, ...), and reports per backend the median over its processes (and
+each process's numbers beside it). One process per backend measures the process as much as the
+backend: two runs of one build have disagreed by 25% or more on ms per step and ITL alike
+(docs/perf.md v17), more than the kernels differ.
+
 What is timed, per backend and head config: prefix caching on, the prompts are prefilled
 once (untimed), so that a later generate() on the same prompts computes at most the last
 page of each prompt. Then, --repeats times, generate(max_tokens=1) and generate(max_tokens=N)
@@ -220,41 +226,83 @@ def checks_for(backend: str, result: dict, ev: dict | None) -> dict[str, bool]:
     return checks
 
 
-def evaluate(results: dict, evidence: dict, backends: list[str], heads: list[int]) -> list[dict]:
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _ratio(base: float | None, x: float | None) -> float | None:
+    return base / x if base and x else None
+
+
+def evaluate(
+    results: dict, evidence: dict, backends: list[str], heads: list[int], rounds: int = 1
+) -> list[dict]:
+    """One row per (heads, backend). results and evidence map (backend, heads) to {round:
+    value}; a row's numbers are medians over its rounds (one process each), its checks must
+    hold in every round, and with several rounds `rounds` lists each process's numbers."""
     rows = []
     for h in heads:
-        base = results.get(("default", h), {}).get("stats") or {}
+
+        def runs_of(b: str, h: int = h) -> list[dict]:
+            got = results.get((b, h), {})
+            return [got.get(i, {"status": "not run"}) for i in range(rounds)]
+
+        base_runs = runs_of("default")
+        base_ms = [(r.get("stats") or {}).get("ms_per_step") for r in base_runs]
+        base_itl = [r.get("itl_ms") for r in base_runs]
         for b in backends:
-            r = results.get((b, h), {"status": "not run"})
-            ev = evidence.get((b, h))
-            stats = r.get("stats") or {}
-            checks = checks_for(b, r, ev)
-            ms, base_ms = stats.get("ms_per_step"), base.get("ms_per_step")
+            runs = runs_of(b)
+            evs = [evidence.get((b, h), {}).get(i) for i in range(rounds)]
+            stats = [r.get("stats") or {} for r in runs]
+            per_round = [checks_for(b, r, ev) for r, ev in zip(runs, evs, strict=True)]
+            checks = {k: all(c.get(k, True) for c in per_round) for c in per_round for k in c}
+            ev = next((e for e in evs if e), None)
+            ms = [st.get("ms_per_step") for st in stats]
+            itl = [r.get("itl_ms") for r in runs]
             if backend_setup(b)[0]:
                 shown = "CUSTOM (mla_backend)"
             else:  # vLLM logs its automatic choice once per process
                 shown = (ev or {}).get("vllm_choice") or ("(vLLM's choice)" if ev else None)
-            rows.append(
-                {
-                    "heads": h,
-                    "backend": b,
-                    "status": r.get("status", "not run"),
-                    "vllm_backend": shown,
-                    "ms_per_step": ms,
-                    "tokens_per_s": stats.get("tokens_per_s"),
-                    "ms_per_step_range": stats.get("ms_per_step_range"),
-                    "speedup_vs_default": base_ms / ms if ms and base_ms else None,
-                    "itl_ms": r.get("itl_ms"),
-                    "init_s": r.get("init_s"),
-                    "t1_median_s": stats.get("t1_median_s"),
-                    "tn_median_s": stats.get("tn_median_s"),
-                    "kv_cache_tokens": (ev or {}).get("kv_cache_tokens"),
-                    "checks": checks,
-                    "ok": all(checks.values()),
-                    "error": r.get("error"),
-                    "log": {k: v[:2] for k, v in (ev or {}).items() if isinstance(v, list) and v},
-                }
-            )
+            statuses = [r.get("status", "not run") for r in runs]
+            timed = [x for x in ms if x is not None]
+            # one process: the spread of its pairs; several: the spread of their medians
+            if rounds == 1:
+                ms_range = stats[0].get("ms_per_step_range")
+            else:
+                ms_range = [min(timed), max(timed)] if timed else None
+            row = {
+                "heads": h,
+                "backend": b,
+                "status": statuses[0] if len(set(statuses)) == 1 else "/".join(statuses),
+                "vllm_backend": shown,
+                "ms_per_step": _median(ms),
+                "tokens_per_s": _median([st.get("tokens_per_s") for st in stats]),
+                "ms_per_step_range": ms_range,
+                "speedup_vs_default": _ratio(_median(base_ms), _median(ms)),
+                "itl_ms": _median(itl),
+                "itl_vs_default": _ratio(_median(base_itl), _median(itl)),
+                "init_s": _median([r.get("init_s") for r in runs]),
+                "t1_median_s": _median([st.get("t1_median_s") for st in stats]),
+                "tn_median_s": _median([st.get("tn_median_s") for st in stats]),
+                "kv_cache_tokens": (ev or {}).get("kv_cache_tokens"),
+                "checks": checks,
+                "ok": all(checks.values()),
+                "error": next((r["error"] for r in runs if r.get("error")), None),
+                "log": {k: v[:2] for k, v in (ev or {}).items() if isinstance(v, list) and v},
+            }
+            if rounds > 1:  # each process's numbers, its ratios against the same round's default
+                row["rounds"] = [
+                    {
+                        "status": statuses[i],
+                        "ms_per_step": ms[i],
+                        "itl_ms": itl[i],
+                        "speedup_vs_default": _ratio(base_ms[i], ms[i]),
+                        "itl_vs_default": _ratio(base_itl[i], itl[i]),
+                    }
+                    for i in range(rounds)
+                ]
+            rows.append(row)
     return rows
 
 
@@ -265,7 +313,7 @@ def _num(x, spec: str) -> str:
 def report(rows: list[dict]) -> list[str]:
     head = (
         f"{'heads':>5} {'backend':10} {'vLLM backend':22} {'ms/step':>8} {'tok/s':>9} "
-        f"{'vs dflt':>7} {'ITL ms':>7} {'init s':>6}  checks"
+        f"{'vs dflt':>7} {'ITL ms':>7} {'vs dflt':>7} {'init s':>6}  checks"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -274,9 +322,17 @@ def report(rows: list[dict]) -> list[str]:
             f"{r['heads']:>5} {r['backend'][:10]:10} {str(r['vllm_backend'] or '-')[:22]:22} "
             f"{_num(r['ms_per_step'], '.3f'):>8} {_num(r['tokens_per_s'], ',.0f'):>9} "
             f"{_num(r['speedup_vs_default'], '.2f') + ('x' if r['speedup_vs_default'] else ''):>7} "
-            f"{_num(r['itl_ms'], '.3f'):>7} {_num(r['init_s'], '.0f'):>6}  "
-            + ("ok" if r["ok"] else "FAIL: " + "; ".join(failed))
+            f"{_num(r['itl_ms'], '.3f'):>7} "
+            f"{_num(r.get('itl_vs_default'), '.2f') + ('x' if r.get('itl_vs_default') else ''):>7} "
+            f"{_num(r['init_s'], '.0f'):>6}  " + ("ok" if r["ok"] else "FAIL: " + "; ".join(failed))
         )
+        if r.get("rounds"):
+            lines.append(
+                "      per process: ms/step "
+                + " ".join(_num(x["ms_per_step"], ".3f") for x in r["rounds"])
+                + "; ITL ms "
+                + " ".join(_num(x["itl_ms"], ".3f") for x in r["rounds"])
+            )
         if r.get("error"):
             lines.append(f"      error: {r['error'][:300]}")
     return lines
@@ -522,6 +578,9 @@ def main() -> None:
     ap.add_argument("--prompt-len", default="4096-8192", help="N or LO-HI (uniform, seeded)")
     ap.add_argument("--max-tokens", type=int, default=64, help="new tokens per sequence (>= 2)")
     ap.add_argument("--repeats", type=int, default=3, help="timed pairs per run (median)")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="processes per backend, in alternating order"
+    )
     ap.add_argument("--gpu-mem", type=float, default=0.4, help="gpu_memory_utilization")
     ap.add_argument("--max-num-batched-tokens", type=int, default=16384)
     ap.add_argument("--deadline", type=float, default=270, help="seconds for everything")
@@ -536,6 +595,8 @@ def main() -> None:
         ap.error(str(e))
     if args.max_tokens < 2:
         ap.error("--max-tokens must be at least 2 (one prefill token + decode steps)")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.child:
         child_main(args)
         return
@@ -559,7 +620,9 @@ def main() -> None:
     print(
         f"model: {args.layers} dense MLA layers, heads {heads}; batch {args.batch}, prompts "
         f"{lo}-{hi} tokens ({need:,} KV tokens in use), {args.max_tokens} new tokens; "
-        f"backends {backends}; deadline {args.deadline:.0f}s",
+        f"backends {backends}"
+        + (f" x {args.rounds} rounds" if args.rounds > 1 else "")
+        + f"; deadline {args.deadline:.0f}s",
         flush=True,
     )
 
@@ -570,12 +633,24 @@ def main() -> None:
     ):  # fmt: skip
         flags += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     children = []
+    first_budget = args.deadline - CHILD_RESERVE_S * (len(backends) * args.rounds - 1)
+    if first_budget < MIN_RUN_S + 30:
+        print(
+            f"warning: --deadline {args.deadline:.0f}s keeps {CHILD_RESERVE_S:.0f}s for each of "
+            f"the {len(backends) * args.rounds - 1} later processes, which leaves the first "
+            f"{first_budget:.0f}s (it is skipped below {MIN_RUN_S:.0f}s); raise --deadline",
+            flush=True,
+        )
     try:
-        # Start every child now: their vLLM imports overlap; each then waits for "go".
-        for b in backends:
+        # Start every child now: their vLLM imports overlap; each then waits for "go". Rounds
+        # alternate the order, so that no backend always runs first or last.
+        order = [
+            (i, b) for i in range(args.rounds) for b in (backends[::-1] if i % 2 else backends)
+        ]
+        for i, b in order:
             env_value, _ = backend_setup(b)
             env = dict(base_env, **{ENV_VAR: env_value}) if env_value else base_env
-            raw, log = work / f"raw-{b}.jsonl", work / f"log-{b}.txt"
+            raw, log = work / f"raw-{b}-{i}.jsonl", work / f"log-{b}-{i}.txt"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", b, "--raw", str(raw)]
             with open(log, "w") as logf:
                 proc = subprocess.Popen(
@@ -587,22 +662,23 @@ def main() -> None:
                     env=env,
                     start_new_session=True,
                 )
-            children.append((b, proc, raw, log))
-        for i, (b, proc, _, log) in enumerate(children):
-            budget_end = child_deadline(end, len(children), i)
+            children.append((b, i, proc, raw, log))
+        for n, (b, i, proc, _, log) in enumerate(children):
+            name = f"{b} (round {i + 1} of {args.rounds})" if args.rounds > 1 else b
+            budget_end = child_deadline(end, len(children), n)
             left = budget_end - time.time()
             if left < MIN_RUN_S:
-                print(f"== {b}: skipped, {left:.0f}s left", flush=True)
+                print(f"== {name}: skipped, {left:.0f}s left", flush=True)
                 proc.stdin.close()
                 continue
-            print(f"== {b}: {len(heads)} head config(s), budget {left:.0f}s", flush=True)
+            print(f"== {name}: {len(heads)} head config(s), budget {left:.0f}s", flush=True)
             proc.stdin.write(f"go {budget_end}\n")
             proc.stdin.close()
             _follow(proc, log, budget_end + KILL_GRACE_S, start)
             if proc.returncode not in (0, None):
-                print(f"   {b}: exit status {proc.returncode}", flush=True)
+                print(f"   {name}: exit status {proc.returncode}", flush=True)
     finally:
-        for _, proc, _, _ in children:
+        for _, _, proc, _, _ in children:
             if proc.stdin and not proc.stdin.closed:
                 proc.stdin.close()
             _kill(proc)
@@ -610,15 +686,17 @@ def main() -> None:
     results, evidence = {}, {}
     log_path = out / "compare_backends.log"
     with open(log_path, "w") as logf:
-        for b, _, raw, log in children:
+        for b, i, _, raw, log in children:
             text = log.read_text(errors="replace") if log.exists() else ""
-            logf.write(f"\n===== child {b}\n{text}")
-            evidence.update(parse_log(text))
+            logf.write(f"\n===== child {b}" + (f" round {i + 1}" if args.rounds > 1 else ""))
+            logf.write(f"\n{text}")
+            for key, ev in parse_log(text).items():
+                evidence.setdefault(key, {})[i] = ev
             if raw.exists():
                 for line in raw.read_text().splitlines():
                     r = json.loads(line)
-                    results[(r["backend"], r["heads"])] = r
-    rows = evaluate(results, evidence, backends, heads)
+                    results.setdefault((r["backend"], r["heads"]), {})[i] = r
+    rows = evaluate(results, evidence, backends, heads, args.rounds)
     lines = report(rows)
     print("\n" + "\n".join(lines), flush=True)
     config = {
@@ -628,6 +706,7 @@ def main() -> None:
         "prompt_len": [lo, hi],
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "gpu_memory_utilization": args.gpu_mem,
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "backends": backends,
@@ -643,7 +722,11 @@ def main() -> None:
         "wall_s": round(time.time() - start, 1),
         "config": config,
         "rows": rows,
-        "runs": {f"{b}/h{h}": r for (b, h), r in results.items()},
+        "runs": {
+            f"{b}/h{h}" + (f"/r{i}" if args.rounds > 1 else ""): r
+            for (b, h), by_round in results.items()
+            for i, r in sorted(by_round.items())
+        },
         "plot": png,
     }
     json_path = out / "compare_backends.json"

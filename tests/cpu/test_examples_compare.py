@@ -207,6 +207,69 @@ def test_whole_flow_with_stand_in_vllm(tmp_path):
     assert "ms/step" in result.stdout and "ours" in result.stdout
 
 
+def test_rounds_alternate_processes_and_take_medians(tmp_path):
+    """--rounds 2: each backend in two processes, the second round in reverse order; a row's
+    numbers are the median over its processes, each process's numbers are kept beside it."""
+    fake = tmp_path / "fake"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    out = tmp_path / "out"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLA_BACKEND_VLLM"}
+    env["PYTHONPATH"] = str(fake)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "compare_backends.py"),
+            "--out",
+            str(out),
+            "--heads",
+            "16",
+            "--layers",
+            "2",
+            "--batch",
+            "4",
+            "--prompt-len",
+            "100-200",
+            "--max-tokens",
+            "9",
+            "--repeats",
+            "2",
+            "--rounds",
+            "2",
+            "--backends",
+            "default,ours",
+            "--model-root",
+            str(tmp_path / "models"),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    starts = [line.split("==")[1].split(":")[0].strip() for line in result.stdout.splitlines()
+              if line.startswith("== ")]  # fmt: skip
+    assert starts == [
+        "default (round 1 of 2)", "ours (round 1 of 2)", "ours (round 2 of 2)",
+        "default (round 2 of 2)",
+    ]  # fmt: skip
+    summary = json.loads((out / "compare_backends.json").read_text())
+    assert summary["config"]["rounds"] == 2
+    assert set(summary["runs"]) == {f"{b}/h16/r{i}" for b in ("default", "ours") for i in (0, 1)}
+    rows = {r["backend"]: r for r in summary["rows"]}
+    for b, step_ms in (("default", 4.0), ("ours", 2.0)):
+        r = rows[b]
+        assert r["ok"], r
+        assert len(r["rounds"]) == 2 and all(x["status"] == "ok" for x in r["rounds"])
+        assert r["itl_ms"] == pytest.approx(step_ms)
+        per = [x["ms_per_step"] for x in r["rounds"]]
+        assert r["ms_per_step"] == pytest.approx(sum(per) / 2)  # the median of two
+        assert r["ms_per_step_range"] == [min(per), max(per)]
+    assert rows["ours"]["itl_vs_default"] == pytest.approx(2.0)
+    assert all(x["itl_vs_default"] == pytest.approx(2.0) for x in rows["ours"]["rounds"])
+    assert "per process: ms/step" in result.stdout
+
+
 def test_deadline_skips_everything(tmp_path):
     """With no time, every backend is skipped (not run), the report still comes out."""
     out = tmp_path / "out"
