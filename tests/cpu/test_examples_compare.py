@@ -158,39 +158,26 @@ class LLM:
 '''
 
 
-def test_whole_flow_with_stand_in_vllm(tmp_path):
+SMALL = ["--layers", "2", "--batch", "4", "--prompt-len", "100-200", "--max-tokens", "9",
+         "--repeats", "2"]  # fmt: skip
+
+
+def run_with_stand_in(tmp_path, *flags: str, timeout: float = 120):
+    """compare_backends.py with the stand-in vLLM first on the path; returns (result, out)."""
     fake = tmp_path / "fake"
     (fake / "vllm").mkdir(parents=True)
     (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
     out = tmp_path / "out"
     env = {k: v for k, v in __import__("os").environ.items() if k != "MLA_BACKEND_VLLM"}
     env["PYTHONPATH"] = str(fake)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / "compare_backends.py"),
-            "--out",
-            str(out),
-            "--heads",
-            "16,128",
-            "--layers",
-            "2",
-            "--batch",
-            "4",
-            "--prompt-len",
-            "100-200",
-            "--max-tokens",
-            "9",
-            "--repeats",
-            "2",
-            "--model-root",
-            str(tmp_path / "models"),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    cmd = [sys.executable, str(EXAMPLES / "compare_backends.py"), "--out", str(out)]
+    cmd += [*flags, "--model-root", str(tmp_path / "models")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return result, out
+
+
+def test_whole_flow_with_stand_in_vllm(tmp_path):
+    result, out = run_with_stand_in(tmp_path, "--heads", "16,128", *SMALL)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((out / "compare_backends.json").read_text())
     rows = {(r["backend"], r["heads"]): r for r in summary["rows"]}
@@ -210,43 +197,11 @@ def test_whole_flow_with_stand_in_vllm(tmp_path):
 def test_rounds_alternate_processes_and_take_medians(tmp_path):
     """--rounds 2: each backend in two processes, the second round in reverse order; a row's
     numbers are the median over its processes, each process's numbers are kept beside it."""
-    fake = tmp_path / "fake"
-    (fake / "vllm").mkdir(parents=True)
-    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    out = tmp_path / "out"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MLA_BACKEND_VLLM"}
-    env["PYTHONPATH"] = str(fake)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / "compare_backends.py"),
-            "--out",
-            str(out),
-            "--heads",
-            "16",
-            "--layers",
-            "2",
-            "--batch",
-            "4",
-            "--prompt-len",
-            "100-200",
-            "--max-tokens",
-            "9",
-            "--repeats",
-            "2",
-            "--rounds",
-            "2",
-            "--backends",
-            "default,ours",
-            "--model-root",
-            str(tmp_path / "models"),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+    result, out = run_with_stand_in(
+        tmp_path, "--heads", "16", *SMALL, "--rounds", "2", "--backends", "default,ours"
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "warning: --deadline" not in result.stdout
     starts = [line.split("==")[1].split(":")[0].strip() for line in result.stdout.splitlines()
               if line.startswith("== ")]  # fmt: skip
     assert starts == [
@@ -272,31 +227,12 @@ def test_rounds_alternate_processes_and_take_medians(tmp_path):
 
 def test_deadline_skips_everything(tmp_path):
     """With no time, every backend is skipped (not run), the report still comes out."""
-    out = tmp_path / "out"
-    fake = tmp_path / "fake"
-    (fake / "vllm").mkdir(parents=True)
-    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    env = dict(__import__("os").environ, PYTHONPATH=str(fake))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / "compare_backends.py"),
-            "--out",
-            str(out),
-            "--deadline",
-            "5",
-            "--model-root",
-            str(tmp_path / "models"),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    result, out = run_with_stand_in(tmp_path, "--deadline", "5", timeout=60)
     assert result.returncode == 1
     summary = json.loads((out / "compare_backends.json").read_text())
     assert {r["status"] for r in summary["rows"]} == {"not run"}
     assert "skipped" in result.stdout
+    assert "warning: --deadline 5s" in result.stdout
 
 
 def test_help():
