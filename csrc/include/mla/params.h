@@ -15,7 +15,8 @@ constexpr int kMaxQTokens = 16;
 constexpr int kMaxHeads = 128;
 // Split-KV cost of one sequence = its pages + this many page-equivalents (Q load, epilogue),
 // in a batch of more than one sequence (docs/perf.md v16: 4 against 2 is 1.044x on skewed
-// batches, level on uniform ones; 1-6 measured). A batch of one sequence takes
+// batches, level on most uniform ones; 1-6 measured; v17: 0.95x at B = 32, L = 1k with 128-512
+// rows, where all of it before the pages splits a sequence 6 + 10). A batch of one sequence takes
 // kFixedCostOneSeq: all parts hold a piece of it anyway, so a larger cost would only move the
 // part boundaries (3-6 there: 0.92-0.95x at 16 heads, L = 4k), and one unit keeps an empty
 // sequence in a part.
