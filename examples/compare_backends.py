@@ -17,8 +17,8 @@ ever holds the GPU.
 --rounds R runs every backend in R processes, in alternating order (default, flashmla, ours,
 then ours, flashmla, default, ...), and reports per backend the median over its processes (and
 each process's numbers beside it). One process per backend measures the process as much as the
-backend: two runs of one build have disagreed by 25% or more on ms per step and ITL alike
-(docs/perf.md v17), more than the kernels differ.
+backend: two runs of one build have disagreed by up to 30% in their ratios to the default, on
+ms per step and ITL alike (docs/perf.md v17), more than the kernels differ.
 
 What is timed, per backend and head config: prefix caching on, the prompts are prefilled
 once (untimed), so that a later generate() on the same prompts computes at most the last
