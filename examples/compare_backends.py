@@ -243,20 +243,19 @@ def evaluate(
     hold in every round, and with several rounds `rounds` lists each process's numbers."""
     rows = []
     for h in heads:
-
-        def runs_of(b: str, h: int = h) -> list[dict]:
-            got = results.get((b, h), {})
-            return [got.get(i, {"status": "not run"}) for i in range(rounds)]
-
-        base_runs = runs_of("default")
-        base_ms = [(r.get("stats") or {}).get("ms_per_step") for r in base_runs]
-        base_itl = [r.get("itl_ms") for r in base_runs]
+        runs_of = {
+            b: [results.get((b, h), {}).get(i, {"status": "not run"}) for i in range(rounds)]
+            for b in (*backends, "default")
+        }
+        base_ms = [(r.get("stats") or {}).get("ms_per_step") for r in runs_of["default"]]
+        base_itl = [r.get("itl_ms") for r in runs_of["default"]]
         for b in backends:
-            runs = runs_of(b)
+            runs = runs_of[b]
             evs = [evidence.get((b, h), {}).get(i) for i in range(rounds)]
             stats = [r.get("stats") or {} for r in runs]
             per_round = [checks_for(b, r, ev) for r, ev in zip(runs, evs, strict=True)]
-            checks = {k: all(c.get(k, True) for c in per_round) for c in per_round for k in c}
+            names = dict.fromkeys(k for c in per_round for k in c)  # every round's, in order
+            checks = {k: all(c.get(k, True) for c in per_round) for k in names}
             ev = next((e for e in evs if e), None)
             ms = [st.get("ms_per_step") for st in stats]
             itl = [r.get("itl_ms") for r in runs]
@@ -633,8 +632,10 @@ def main() -> None:
     ):  # fmt: skip
         flags += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     children = []
-    first_budget = args.deadline - CHILD_RESERVE_S * (len(backends) * args.rounds - 1)
-    if first_budget < MIN_RUN_S + 30:
+    # The first process's share of the deadline (child_deadline, relative to the start); it needs
+    # about a reserve's worth beyond MIN_RUN_S to run one head config.
+    first_budget = child_deadline(args.deadline, len(backends) * args.rounds, 0)
+    if first_budget < MIN_RUN_S + CHILD_RESERVE_S:
         print(
             f"warning: --deadline {args.deadline:.0f}s keeps {CHILD_RESERVE_S:.0f}s for each of "
             f"the {len(backends) * args.rounds - 1} later processes, which leaves the first "
