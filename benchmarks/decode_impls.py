@@ -119,7 +119,7 @@ class Ours(DecodeImpl):
         num_parts = self._num_parts(c, dev)
         self.meta = self._meta_buffers(num_parts, c.batch, dev)  # kernel-only: filled once
         self.meta_step = self._meta_buffers(num_parts, c.batch, dev)  # whole: refilled per call
-        ops.get_decode_metadata(data.seqlens, *self.meta)
+        ops.get_decode_metadata(data.seqlens, *self.meta, c.rows)
         self.o_accum, self.lse_accum = ops.decode_workspace(num_parts, c.rows, dev)
         shape = (c.batch, c.s_q, c.heads)
         self.out = [
@@ -157,7 +157,7 @@ class Ours(DecodeImpl):
         )
 
     def whole(self, i: int) -> None:
-        self._ops.get_decode_metadata(self.d.seqlens, *self.meta_step)
+        self._ops.get_decode_metadata(self.d.seqlens, *self.meta_step, self.d.case.rows)
         self._decode(i, self.meta_step)
 
     def kernel(self, i: int) -> None:

@@ -43,7 +43,7 @@ def main() -> None:
     out = torch.empty(args.batch, args.sq, args.heads, 512, dtype=torch.bfloat16, device=dev)
     lse = torch.empty(args.batch, args.sq, args.heads, device=dev)
     for _ in range(args.reps):
-        ops.get_decode_metadata(seqlens, part_meta, batch_meta)
+        ops.get_decode_metadata(seqlens, part_meta, batch_meta, rows)
         ops.mla_decode(
             q, kv, block_table, seqlens, part_meta, batch_meta, 192**-0.5, args.sq > 1,
             out, lse, o_accum, lse_accum,

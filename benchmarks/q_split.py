@@ -43,7 +43,7 @@ def run(heads: int, batch: int, ctx: int) -> str:
     lse = torch.empty(batch, 1, heads, device=dev)
 
     def decode(q, pe=None):
-        ops.get_decode_metadata(seqlens, part_meta, batch_meta)
+        ops.get_decode_metadata(seqlens, part_meta, batch_meta, heads)
         ops.mla_decode(q, kv, block_table, seqlens, part_meta, batch_meta, 192**-0.5, False,
                        out, lse, o_accum, lse_accum, q_pe=pe)  # fmt: skip
 

@@ -56,7 +56,7 @@ def fake_ours():
 
     return SimpleNamespace(
         num_decode_parts=lambda rows, device=None, batch=None: 4,
-        get_decode_metadata=lambda seqlens, pm, bm: (pm.zero_(), bm.zero_()),
+        get_decode_metadata=lambda seqlens, pm, bm, rows: (pm.zero_(), bm.zero_()),
         decode_workspace=lambda n, rows, device: (
             torch.empty(2 * n, rows, 512),
             torch.empty(2 * n, rows),

@@ -165,7 +165,7 @@ def run_case(heads: int, s_q: int, batch: int, context: int, path: Path) -> Trac
     o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), s_q * heads, dev)
 
     def call() -> None:
-        ops.get_decode_metadata(seqlens, part_meta, batch_meta)
+        ops.get_decode_metadata(seqlens, part_meta, batch_meta, s_q * heads)
         ops.mla_decode(q, kv, block_table, seqlens, part_meta, batch_meta, 192**-0.5, True,
                        out, lse, o_accum, lse_accum)  # fmt: skip
 

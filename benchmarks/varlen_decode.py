@@ -73,18 +73,18 @@ def run(heads: int, batch: int, ctx: int, max_q_len: int, fa) -> str:
     lse_pad = torch.empty(batch, max_q_len, heads, device=dev)
 
     def ours_varlen():
-        ops.get_decode_metadata(seqlens, part_meta_v, batch_meta)
+        ops.get_decode_metadata(seqlens, part_meta_v, batch_meta, rows)
         ops.mla_decode(q, kv, block_table, seqlens, part_meta_v, batch_meta, SCALE, True,
                        out, lse, o_accum_v, lse_accum_v, q_start=q_start,
                        max_q_len=max_q_len)  # fmt: skip
 
     def ours_varlen_uniform_parts():
-        ops.get_decode_metadata(seqlens, part_meta, batch_meta)
+        ops.get_decode_metadata(seqlens, part_meta, batch_meta, rows)
         ops.mla_decode(q, kv, block_table, seqlens, part_meta, batch_meta, SCALE, True, out, lse,
                        o_accum, lse_accum, q_start=q_start, max_q_len=max_q_len)  # fmt: skip
 
     def ours_padded():
-        ops.get_decode_metadata(seqlens, part_meta, batch_meta)
+        ops.get_decode_metadata(seqlens, part_meta, batch_meta, rows)
         ops.mla_decode(q_pad, kv, block_table, seqlens, part_meta, batch_meta, SCALE, True,
                        out_pad, lse_pad, o_accum, lse_accum)  # fmt: skip
 

@@ -19,7 +19,9 @@ std::string build_info() {
 }  // namespace mla::ops
 
 TORCH_LIBRARY(mla_backend, m) {
-  m.def("get_decode_metadata(Tensor seqlens, Tensor(a!) part_meta, Tensor(b!) batch_meta) -> ()");
+  m.def(
+      "get_decode_metadata(Tensor seqlens, Tensor(a!) part_meta, Tensor(b!) batch_meta, "
+      "int rows=0) -> ()");
   m.def(
       "decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seqlens, Tensor part_meta, "
       "Tensor batch_meta, float softmax_scale, bool causal, Tensor(a!) out, Tensor(b!) lse, "

@@ -106,7 +106,9 @@ def parts_for_batch(num_parts: int, num_q_rows: int, batch: int) -> int:
     return num_parts
 
 
-def get_decode_metadata(seqlens: Tensor, part_meta: Tensor, batch_meta: Tensor) -> None:
+def get_decode_metadata(
+    seqlens: Tensor, part_meta: Tensor, batch_meta: Tensor, rows: int = 0
+) -> None:
     """Fill the split-KV schedule on the GPU, with no host sync (safe in CUDA graphs).
 
     Args:
@@ -115,14 +117,20 @@ def get_decode_metadata(seqlens: Tensor, part_meta: Tensor, batch_meta: Tensor) 
             ``num_parts = part_meta.size(0)`` (any value >= 1; ``num_decode_parts`` is fast).
         batch_meta: ``[B, 4]`` int32 CUDA, written: ``page0_off, first_part, num_splits,
             split_slot``.
+        rows: query rows per sequence of the decode this plan is for, ``s_q * h_q`` (a varlen
+            decode: its longest request's); 0 if not known. It sets what the planner charges a
+            sequence besides its pages (``reference.plan_charge``): any value gives a correct
+            plan, the decode's own the faster one.
 
     The caller allocates both outputs (``get_mla_metadata`` does it for you).
     """
     _ext.require()
-    torch.ops.mla_backend.get_decode_metadata(seqlens, part_meta, batch_meta)
+    torch.ops.mla_backend.get_decode_metadata(seqlens, part_meta, batch_meta, rows)
 
 
-def _get_decode_metadata_fake(seqlens: Tensor, part_meta: Tensor, batch_meta: Tensor) -> None:
+def _get_decode_metadata_fake(
+    seqlens: Tensor, part_meta: Tensor, batch_meta: Tensor, rows: int = 0
+) -> None:
     return None
 
 
@@ -152,7 +160,7 @@ def get_mla_metadata(
         num_parts = num_decode_parts(rows, device, batch=cache_seqlens.size(0))
     part_meta = torch.empty((num_parts, 4), dtype=torch.int32, device=device)
     batch_meta = torch.empty((cache_seqlens.size(0), 4), dtype=torch.int32, device=device)
-    get_decode_metadata(cache_seqlens, part_meta, batch_meta)
+    get_decode_metadata(cache_seqlens, part_meta, batch_meta, rows)
     return part_meta, batch_meta
 
 

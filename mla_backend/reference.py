@@ -88,37 +88,53 @@ def mla_decode_reference(
     return out, lse
 
 
-FIXED_COST_PAGES = 4  # kFixedCostPages: a sequence's prologue and epilogue, in page units
-FIXED_COST_ONE_SEQ = 1  # kFixedCostOneSeq: the same for a batch of one sequence
 CUT_COST_PAGES = 4  # kCutCostPages: what the planner charges a part boundary inside a sequence
 PLAN_SEARCH_MAX_SEQS = 4096  # kSmemSeqs: larger batches take the equal part size
 MAX_PLAN_UNITS = 1 << 30  # kMaxPlanUnits: the planner's unit sums stay in int32
 
 
+def plan_charge(batch: int, rows: int) -> tuple[int, int]:
+    """What the planner charges a sequence besides its pages, in page units: ``(head, tail)``,
+    before and after its pages (params.h ``plan_charge``, measured in docs/perf.md v17-v18).
+
+    ``rows`` is ``s_q * h_q`` of the decode (0: not known). A batch of one sequence: (1, 0); up
+    to 32 rows: (2, 1); 33-64 rows or not known: (4, 0); more (two or more 64-row tiles): (2, 2).
+    """
+    if batch <= 1:
+        return 1, 0
+    if rows <= 0:
+        return 4, 0
+    if rows <= 32:
+        return 2, 1
+    if rows <= 64:
+        return 4, 0
+    return 2, 2
+
+
 def split_kv_plan(
-    seqlens: Sequence[int], num_parts: int
+    seqlens: Sequence[int], num_parts: int, rows: int = 0
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """The split-KV plan ``get_decode_metadata`` computes, in Python (docs/design.md).
+    """The split-KV plan ``get_decode_metadata(..., rows)`` computes, in Python (docs/design.md).
 
     Returns ``(part_meta, batch_meta)`` as lists of ``[b_begin, b_end, S_p, E_p]`` per part and
     ``[page0_off, first_part, num_splits, split_slot]`` per sequence, the values the GPU writes.
     """
     if num_parts < 1:
         raise ValueError(f"num_parts must be >= 1, got {num_parts}")
-    # Planned pages: capped so that the batch's units fit MAX_PLAN_UNITS (only garbage lengths,
-    # over 2^36 tokens in all, reach the cap; the kernel still runs each sequence to its end).
-    # A batch of one sequence: every part holds a piece of it anyway, and a larger fixed cost
-    # would only move the part boundaries; one unit keeps an empty sequence in a part.
-    fixed = FIXED_COST_PAGES if len(seqlens) > 1 else FIXED_COST_ONE_SEQ
+    # Sequence b takes `head` units, its pages, then `tail` units (plan_charge). Planned pages:
+    # capped so that the batch's units fit MAX_PLAN_UNITS (only garbage lengths, over 2^36
+    # tokens in all, reach the cap; the kernel still runs each sequence to its end).
+    head, tail = plan_charge(len(seqlens), rows)
+    fixed = head + tail
     cap = max(MAX_PLAN_UNITS // max(len(seqlens), 1) - fixed, 1)
     pages = [min(math.ceil(max(n, 0) / PAGE_SIZE), cap) for n in seqlens]
-    ends, unit = [], 0
+    ends, unit = [], 0  # ends: the end of each sequence's pages
     for p in pages:
         unit += p + fixed
-        ends.append(unit)
+        ends.append(unit - tail)
     total = unit
-    # The unit of a sequence's first page, or its start when it has none.
-    firsts = [e - p if p > 0 else e - fixed for e, p in zip(ends, pages, strict=True)]
+    # The unit of a sequence's first page, or the unit before its end when it has none.
+    firsts = [e - p if p > 0 else e - head for e, p in zip(ends, pages, strict=True)]
     per_part = max(-(-total // num_parts), 1)
     if len(seqlens) <= PLAN_SEARCH_MAX_SEQS and 4 * len(seqlens) >= num_parts:
 

@@ -15,7 +15,7 @@ void check_sm90(const at::Tensor& t) {
 }
 
 void get_decode_metadata(const at::Tensor& seqlens, const at::Tensor& part_meta,
-                         const at::Tensor& batch_meta) {
+                         const at::Tensor& batch_meta, int64_t rows) {
   check_dtype(seqlens, "seqlens", at::kInt);
   check_dtype(part_meta, "part_meta", at::kInt);
   check_dtype(batch_meta, "batch_meta", at::kInt);
@@ -30,6 +30,9 @@ void get_decode_metadata(const at::Tensor& seqlens, const at::Tensor& part_meta,
   check_contiguous(batch_meta, "batch_meta");
   TORCH_CHECK(batch < (int64_t(1) << 24) && part_meta.size(0) < (int64_t(1) << 20),
               "batch and num_parts too large");
+  TORCH_CHECK(rows >= 0 && rows <= int64_t(kMaxQTokens) * kMaxHeads,
+              "rows (query rows per sequence, s_q * h_q; 0 if not known) must be in [0, ",
+              kMaxQTokens * kMaxHeads, "], got ", rows);
 
   check_same_cuda_device(seqlens, "seqlens", seqlens, "seqlens");
   check_same_cuda_device(part_meta, "part_meta", seqlens, "seqlens");
@@ -43,7 +46,9 @@ void get_decode_metadata(const at::Tensor& seqlens, const at::Tensor& part_meta,
   params.batch_meta = batch_meta.data_ptr<int>();
   params.batch = static_cast<int>(batch);
   params.num_parts = static_cast<int>(part_meta.size(0));
-  params.fixed_cost = batch > 1 ? kFixedCostPages : kFixedCostOneSeq;
+  const PlanCharge charge = plan_charge(batch, rows);
+  params.fixed_cost = charge.head + charge.tail;
+  params.fixed_head = charge.head;
   const cudaError_t err = run_metadata(params, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "mla_backend metadata kernel failed to launch: ",
               cudaGetErrorString(err));

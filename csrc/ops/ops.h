@@ -9,7 +9,7 @@
 namespace mla::ops {
 
 void get_decode_metadata(const at::Tensor& seqlens, const at::Tensor& part_meta,
-                         const at::Tensor& batch_meta);
+                         const at::Tensor& batch_meta, int64_t rows);
 
 void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_table,
             const at::Tensor& seqlens, const at::Tensor& part_meta, const at::Tensor& batch_meta,

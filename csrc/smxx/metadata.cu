@@ -1,9 +1,10 @@
 // Split-KV scheduler metadata, computed on the GPU from seqlens (no host sync, fixed-size
 // outputs, so it can be captured in a CUDA graph). One CTA; see docs/design.md for the plan.
 //
-// Sequence b covers units [start_b, end_b) (its pages plus p.fixed_cost before them, all
-// sequences end to end) and parts first_b ..= last_b, with first_b = first_unit_b / T (the unit
-// of its first page, or start_b for an empty sequence) and last_b = (end_b - 1) / T. Both are
+// Sequence b covers units [start_b, start_b + head + pages_b + tail) (its charge's head, its
+// pages, its charge's tail: params.h plan_charge; all sequences end to end). end_b is the end of
+// its pages, and it touches parts first_b ..= last_b, with first_b = first_unit_b / T (the unit
+// of its first page, or end_b - head for an empty sequence) and last_b = (end_b - 1) / T. Both are
 // monotone in b, so part q's sequences are the contiguous range of b with first_b <= q <= last_b:
 // b_begin = #{b : end_b <= q T}, b_end = #{b : first_unit_b < (q + 1) T}.
 //
@@ -117,7 +118,7 @@ __device__ int choose_units_per_part(const MetadataParams& p, int total, const i
     const float rcp = 1.f / float(t);
     int cuts = 0;
     for (int b = lane; b < p.batch; b += 32) {
-      const unsigned first = unsigned(first_unit_of(page0_unit[b], end_unit[b], p.fixed_cost));
+      const unsigned first = unsigned(first_unit_of(page0_unit[b], end_unit[b], p.fixed_head));
       cuts += int(div_floor(unsigned(end_unit[b]) - 1u, t, rcp) - div_floor(first, t, rcp));
     }
 #pragma unroll
@@ -167,9 +168,9 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
     const int cost = b < p.batch ? pages + p.fixed_cost : 0;
     int chunk_total;
     const int end = carry + block_inclusive_scan(cost, chunk_total, warp_sums);
-    if (b < p.batch) {
-      end_unit[b] = end;
-      page0_unit[b] = end - pages;
+    if (b < p.batch) {  // the end of its pages: its charge's tail follows them
+      end_unit[b] = end - (p.fixed_cost - p.fixed_head);
+      page0_unit[b] = end_unit[b] - pages;
     }
     carry += chunk_total;
   }
@@ -183,7 +184,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
     const int b = base + threadIdx.x;
     int first = 0, splits = 0;
     if (b < p.batch) {
-      first = first_unit_of(page0_unit[b], end_unit[b], p.fixed_cost) / per_part;
+      first = first_unit_of(page0_unit[b], end_unit[b], p.fixed_head) / per_part;
       splits = (end_unit[b] - 1) / per_part - first + 1;
     }
     int chunk_total;
@@ -197,8 +198,8 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   for (int q = threadIdx.x; q < p.num_parts; q += kThreads) {
     int4 pm = part_bounds(q, per_part, total);
     const int64_t begin = int64_t(q) * per_part, end = int64_t(q + 1) * per_part;
-    const int b_begin = count_below<false>(end_unit, page0_unit, p.batch, begin + 1, p.fixed_cost);
-    const int b_end = count_below<true>(end_unit, page0_unit, p.batch, end, p.fixed_cost);
+    const int b_begin = count_below<false>(end_unit, page0_unit, p.batch, begin + 1, p.fixed_head);
+    const int b_end = count_below<true>(end_unit, page0_unit, p.batch, end, p.fixed_head);
     if (b_begin < b_end) {
       pm.x = b_begin;
       pm.y = b_end;
@@ -221,7 +222,7 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
     const int cost = b < p.batch ? num_pages_of(p, b) + p.fixed_cost : 0;
     int chunk_total;
     const int incl = block_inclusive_scan(cost, chunk_total, warp_sums);
-    if (b < p.batch) batch_meta[b].x = carry + incl - cost + p.fixed_cost;
+    if (b < p.batch) batch_meta[b].x = carry + incl - cost + p.fixed_head;
     carry += chunk_total;
   }
   const int total = carry;
@@ -242,7 +243,7 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
     if (b < p.batch) {
       const int pages = num_pages_of(p, b);
       const int page0 = batch_meta[b].x;
-      first = (pages > 0 ? page0 : page0 - p.fixed_cost) / per_part;
+      first = (pages > 0 ? page0 : page0 - p.fixed_head) / per_part;
       last = (page0 + pages - 1) / per_part;
       last = max(first, last);
       splits = last - first + 1;

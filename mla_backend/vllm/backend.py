@@ -128,7 +128,7 @@ class MlaBackendMetadataBuilder(MLACommonMetadataBuilder[MlaBackendMetadata]):
             query_start_loc_device,
         )
         # Into the builder's buffers, on the GPU: what a captured decode graph reads on replay.
-        ops.get_decode_metadata(args.seq_lens, args.part_meta, args.batch_meta)
+        ops.get_decode_metadata(args.seq_lens, args.part_meta, args.batch_meta, args.rows)
         varlen = args.q_start is not None
         if (args.s_q, varlen) not in self._seen_s_q:
             self._seen_s_q.add((args.s_q, varlen))

@@ -49,6 +49,7 @@ class DecodeArgs:
     """Everything `mla_backend.ops.mla_decode` takes besides q, the cache and the outputs."""
 
     s_q: int  # query tokens per request
+    rows: int  # query rows per request, s_q * h_q: get_decode_metadata's rows
     causal: bool
     block_table: Tensor  # int32 [B, max_pages], vLLM's rows 0..B-1
     seq_lens: Tensor  # int32 [B], vLLM's; 0 for CUDA-graph padding
@@ -181,7 +182,7 @@ def map_decode(
     batch split); any other maps to a varlen decode with ``s_q`` the longest request. Host-only
     integer work: no device tensor is read.
 
-    The caller fills ``part_meta``/``batch_meta`` with ``get_decode_metadata(seq_lens, ...)``.
+    The caller fills ``part_meta``/``batch_meta`` with ``get_decode_metadata(seq_lens, ..., rows)``.
     """
     batch = seq_lens.shape[0]
     if block_table.shape[0] != batch:
@@ -211,6 +212,7 @@ def map_decode(
     slots = 2 * num_parts
     return DecodeArgs(
         s_q=s_q,
+        rows=rows,
         # Causality only matters with several query tokens: with one, both see all < L.
         causal=s_q > 1,
         block_table=block_table,

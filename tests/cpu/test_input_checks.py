@@ -267,6 +267,8 @@ METADATA_CASES = [
     ("batch_meta_int64", "batch_meta", int64(BATCH, 4), "batch_meta"),
     ("batch_meta_batch", "batch_meta", int32(BATCH - 1, 4), "batch_meta"),
     ("batch_meta_rank1", "batch_meta", int32(BATCH * 4), "batch_meta"),
+    ("rows_negative", "rows", -1, "rows"),
+    ("rows_too_many", "rows", 16 * 128 + 1, "rows"),
 ]
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not _ext.load(), reason=str(_ext.unavailable_rea
 SCHEMAS = {
     "get_decode_metadata": (
         "mla_backend::get_decode_metadata(Tensor seqlens, Tensor(a!) part_meta, "
-        "Tensor(b!) batch_meta) -> ()"
+        "Tensor(b!) batch_meta, int rows=0) -> ()"
     ),
     "decode": (
         "mla_backend::decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seqlens, "
@@ -56,6 +56,7 @@ def test_fakes_run_without_kernels(device):
         part_meta = torch.empty(parts, 4, dtype=torch.int32, device=device)
         batch_meta = torch.empty(batch, 4, dtype=torch.int32, device=device)
         assert torch.ops.mla_backend.get_decode_metadata(seqlens, part_meta, batch_meta) is None
+        assert ops.get_decode_metadata(seqlens, part_meta, batch_meta, rows) is None
 
         q = torch.empty(batch, s_q, h_q, 576, dtype=torch.bfloat16, device=device)
         kv_cache = torch.empty(10, 64, 576, dtype=torch.bfloat16, device=device)

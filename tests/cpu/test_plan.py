@@ -1,18 +1,19 @@
 """The split-KV plan's contract, on the Python planner the GPU planner is tested against
 (tests/gpu/test_decode.py::test_metadata_matches_reference): what the decode and combine
-kernels and the workspace size rely on, and the part sizes docs/perf.md (v7, v16) measured."""
+kernels and the workspace size rely on, and the part sizes docs/perf.md (v7, v16, v18) measured."""
 
 import random
 
 import pytest
 
 from mla_backend.reference import (
-    FIXED_COST_ONE_SEQ,
-    FIXED_COST_PAGES,
     MAX_PLAN_UNITS,
     PAGE_SIZE,
+    plan_charge,
     split_kv_plan,
 )
+
+ROWS = [0, 1, 16, 32, 33, 64, 65, 128, 512, 2048]
 
 
 def random_batch(rng: random.Random) -> tuple[list[int], int]:
@@ -28,15 +29,18 @@ def random_batch(rng: random.Random) -> tuple[list[int], int]:
 
 @pytest.mark.parametrize("seed", range(60))
 def test_plan_contract(seed):
-    seqlens, num_parts = random_batch(random.Random(seed))
-    parts, batches = split_kv_plan(seqlens, num_parts)
+    rng = random.Random(seed)
+    seqlens, num_parts = random_batch(rng)
+    rows = rng.choice(ROWS)
+    parts, batches = split_kv_plan(seqlens, num_parts, rows)
     assert len(parts) == num_parts and len(batches) == len(seqlens)
     # Parts tile the units end to end, in order.
     assert parts[0][2] == 0
     for q in range(num_parts - 1):
         assert parts[q][3] == parts[q + 1][2]
-    fixed = FIXED_COST_PAGES if len(seqlens) > 1 else FIXED_COST_ONE_SEQ
-    total = sum(-(-max(n, 0) // PAGE_SIZE) + fixed for n in seqlens)
+    head, tail = plan_charge(len(seqlens), rows)
+    assert head >= 1 and tail >= 0, "an empty sequence needs a unit before its end"
+    total = sum(-(-max(n, 0) // PAGE_SIZE) + head + tail for n in seqlens)
     assert parts[-1][3] == total
     slots_used = 0
     for b, (page0, first, splits, slot) in enumerate(batches):
@@ -76,32 +80,77 @@ def test_part_size(batch, length, num_parts, units_per_part, split):
     assert sum(b[2] > 1 for b in batches) == split
 
 
-def test_one_sequence_keeps_its_pages_spread():
-    # A batch of one sequence takes one unit of fixed cost whatever FIXED_COST_PAGES is: every
-    # part holds a piece of it, and a larger cost would raise the part size (docs/perf.md v16).
-    parts, batches = split_kv_plan([4096], 66)
+def pieces(seqlens: list[int], num_parts: int, rows: int, b: int) -> list[int]:
+    """Pages of sequence b in each of its parts."""
+    parts, batches = split_kv_plan(seqlens, num_parts, rows)
+    page0, first, splits, _ = batches[b]
+    end = page0 - (-seqlens[b] // PAGE_SIZE)
+    return [min(parts[q][3], end) - max(parts[q][2], page0) for q in range(first, first + splits)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "num_parts", "expected"),
+    [
+        (0, 66, [6, 10]),  # the whole charge before the pages: a first piece of 6 (v17)
+        (64, 66, [6, 10]),
+        (128, 66, [8, 8]),  # 2 units before, 2 after: the boundary halves the sequence
+        (512, 66, [8, 8]),
+        (0, 132, [1, 5, 5, 5]),
+        (16, 132, [3, 5, 5, 3]),  # 2 before, 1 after
+        (128, 132, [3, 5, 5, 3]),
+    ],
+)
+def test_charge_by_rows_moves_the_cuts(rows, num_parts, expected):
+    # 32 sequences of 16 pages: where the charge sits decides how a cut sequence is shared out.
+    assert pieces([1024] * 32, num_parts, rows, 0) == expected
+
+
+def test_charge_by_rows():
+    assert [plan_charge(2, r) for r in ROWS] == [
+        (4, 0), (2, 1), (2, 1), (2, 1), (4, 0), (4, 0), (2, 2), (2, 2), (2, 2), (2, 2)
+    ]  # fmt: skip
+    assert {plan_charge(1, r) for r in ROWS} == {(1, 0)}
+    assert plan_charge(0, 16) == (1, 0)
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_one_sequence_keeps_its_pages_spread(rows):
+    # A batch of one sequence takes one unit of fixed cost whatever its rows: every part holds a
+    # piece of it, and a larger cost would raise the part size (docs/perf.md v16).
+    parts, batches = split_kv_plan([4096], 66, rows)
     assert batches[0][:3] == [1, 1, 64]  # its first page is unit 1, in part 1; 64 pieces
     assert sum(p[3] > p[2] for p in parts) == 65
     # An empty sequence still has a part, which writes its empty rows.
-    parts, batches = split_kv_plan([0], 132)
+    parts, batches = split_kv_plan([0], 132, rows)
     assert batches[0][2] == 1 and parts[0][:2] == [0, 1]
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_empty_sequences_keep_a_part(rows):
+    # With a tail after the pages, an empty sequence's part is the one of its head's last unit.
+    seqlens = [0, 1024, 0, 0, 65, 0]
+    parts, batches = split_kv_plan(seqlens, 7, rows)
+    for b, (_, first, splits, _) in enumerate(batches):
+        assert splits >= 1 and parts[first][0] <= b < parts[first][1]
 
 
 def test_large_batches_take_equal_parts():
     # Above 4096 sequences the GPU plans through global memory, without the part-size search.
-    parts, _ = split_kv_plan([4096] * 5000, 4000)
-    assert parts[0][3] - parts[0][2] == -(-5000 * (64 + FIXED_COST_PAGES) // 4000)
+    for rows in (0, 16, 128):
+        parts, _ = split_kv_plan([4096] * 5000, 4000, rows)
+        assert parts[0][3] - parts[0][2] == -(-5000 * (64 + sum(plan_charge(5000, rows))) // 4000)
 
 
+@pytest.mark.parametrize("rows", [0, 16, 128])
 @pytest.mark.parametrize("batch", [1, 64, 100, 5000])
-def test_garbage_lengths_keep_the_plan_in_int32(batch):
+def test_garbage_lengths_keep_the_plan_in_int32(batch, rows):
     # Lengths near INT_MAX (2^25 pages each) would sum past int32 in the GPU planner's units:
     # the planned pages are capped so the total stays below MAX_PLAN_UNITS, and the plan still
     # tiles the units, keeps every slot inside the 2 * num_parts workspace, and marks every
     # sequence's first and last part.
     seqlens = [2**31 - 1] * batch + [700, 0, 65]
     num_parts = 132
-    parts, batches = split_kv_plan(seqlens, num_parts)
+    parts, batches = split_kv_plan(seqlens, num_parts, rows)
     total = parts[-1][3]
     assert total <= MAX_PLAN_UNITS and all(0 <= p[2] <= p[3] <= total for p in parts)
     slots = [slot + s for _, first, splits, slot in batches if splits > 1 for s in range(splits)]
@@ -109,9 +158,10 @@ def test_garbage_lengths_keep_the_plan_in_int32(batch):
     for b, (_, first, splits, _) in enumerate(batches):
         touching = [q for q, part in enumerate(parts) if part[0] <= b < part[1]]
         assert touching == list(range(first, first + splits)) and splits >= 1
-    # Real lengths are not capped: the cap is 2^30 // batch - FIXED_COST_PAGES pages per sequence.
-    total = split_kv_plan([2**20] * 100, 132)[0][-1][3]
-    assert total == 100 * (2**20 // PAGE_SIZE + FIXED_COST_PAGES)
+    # Real lengths are not capped: the cap is 2^30 // batch - the charge pages per sequence.
+    for rows in (0, 16, 128):
+        total = split_kv_plan([2**20] * 100, 132, rows)[0][-1][3]
+        assert total == 100 * (2**20 // PAGE_SIZE + sum(plan_charge(100, rows)))
 
 
 def test_rejects_no_parts():

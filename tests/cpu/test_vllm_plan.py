@@ -85,6 +85,7 @@ def vllm_decode_slice(
 def check_views(args, bufs, batch, s_q):
     parts = ops.parts_for_batch(num_parts_for_rows(s_q * HEADS), s_q * HEADS, batch)
     assert args.batch == batch and args.s_q == s_q and args.causal == (s_q > 1)
+    assert args.rows == s_q * HEADS  # what the builder hands get_decode_metadata
     assert args.part_meta.shape == (parts, 4)
     assert args.batch_meta.shape == (batch, 4)
     assert args.o_accum.shape == (2 * parts, s_q * HEADS, 512) and args.o_accum.is_contiguous()
@@ -200,6 +201,7 @@ def test_uniform_batches_keep_the_uniform_kernel(query_lens, num_real, varlen):
     args = map_decode(block_table, seq_lens_d, tokens, buffers(), qsl, qsl)
     assert (args.q_start is not None) == varlen
     assert args.s_q == max(query_lens) and args.causal == (max(query_lens) > 1)
+    assert args.rows == max(query_lens) * HEADS
 
 
 def test_single_request_takes_half_the_parts():

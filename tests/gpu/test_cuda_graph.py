@@ -43,7 +43,7 @@ def test_replay_follows_new_contents(s_q, h_q, causal):
     o_accum, lse_accum = ops.decode_workspace(num_parts, rows, "cuda")
 
     def step():
-        ops.get_decode_metadata(static.seqlens, part_meta, batch_meta)
+        ops.get_decode_metadata(static.seqlens, part_meta, batch_meta, rows)
         ops.mla_decode(
             static.q, static.kv_cache, static.block_table, static.seqlens, part_meta, batch_meta,
             SCALE, causal, out, lse, o_accum, lse_accum,

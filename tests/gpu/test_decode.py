@@ -323,33 +323,35 @@ def test_metadata_invariants():
             assert touching == list(range(first_part, first_part + num_splits)), (num_parts, b)
 
 
+@pytest.mark.parametrize("rows", [0, 16, 64, 128])  # the charges of reference.plan_charge
 @pytest.mark.parametrize(
     ("batch", "num_parts"),
     [(1, 132), (7, 3), (64, 66), (300, 1000), (4096, 132), (4097, 132), (5000, 7)],
 )
-def test_metadata_matches_reference(batch, num_parts):
+def test_metadata_matches_reference(batch, num_parts, rows):
     # Up to 4096 sequences plan in shared memory, more through global memory: both paths.
     rng = random.Random(batch * 1000 + num_parts)
     seqlens = [rng.choice([0, 1, 64, 65, 128, rng.randrange(1, 40000)]) for _ in range(batch)]
     seqlens_t = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
     part_meta = torch.full((num_parts, 4), -7, dtype=torch.int32, device="cuda")
     batch_meta = torch.full((batch, 4), -7, dtype=torch.int32, device="cuda")
-    ops.get_decode_metadata(seqlens_t, part_meta, batch_meta)
-    ref_parts, ref_batches = split_kv_plan(seqlens, num_parts)
+    ops.get_decode_metadata(seqlens_t, part_meta, batch_meta, rows)
+    ref_parts, ref_batches = split_kv_plan(seqlens, num_parts, rows)
     assert batch_meta.tolist() == ref_batches
     assert part_meta.tolist() == ref_parts
 
 
+@pytest.mark.parametrize("rows", [0, 32, 512])
 @pytest.mark.parametrize("batch", [66, 5000])
-def test_metadata_garbage_lengths_match_reference(batch):
+def test_metadata_garbage_lengths_match_reference(batch, rows):
     # Lengths near INT_MAX sum past int32 in pages: both planners cap the planned pages (through
     # shared memory up to 4096 sequences, global memory beyond) and agree.
     seqlens = ([2**31 - 1, 5, 2**31 - 64, 2**30] * batch)[:batch]
     seqlens_t = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
     part_meta = torch.full((132, 4), -7, dtype=torch.int32, device="cuda")
     batch_meta = torch.full((batch, 4), -7, dtype=torch.int32, device="cuda")
-    ops.get_decode_metadata(seqlens_t, part_meta, batch_meta)
-    ref_parts, ref_batches = split_kv_plan(seqlens, 132)
+    ops.get_decode_metadata(seqlens_t, part_meta, batch_meta, rows)
+    ref_parts, ref_batches = split_kv_plan(seqlens, 132, rows)
     assert batch_meta.tolist() == ref_batches
     assert part_meta.tolist() == ref_parts
 
@@ -375,7 +377,7 @@ def test_opcheck():
     part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, 32)
     torch.library.opcheck(
         torch.ops.mla_backend.get_decode_metadata.default,
-        (inputs.seqlens, part_meta.clone(), batch_meta.clone()),
+        (inputs.seqlens, part_meta.clone(), batch_meta.clone(), 32),
     )
     out = torch.empty(3, 2, 16, HEAD_DIM_V, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(3, 2, 16, device="cuda")

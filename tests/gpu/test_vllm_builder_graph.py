@@ -44,7 +44,7 @@ def test_builder_flow_under_cuda_graph(s_q, h_q):
 
     def build():  # what MlaBackendMetadataBuilder._build_decode does
         args = map_decode(static.block_table, static.seqlens, batch * s_q, bufs)
-        ops.get_decode_metadata(args.seq_lens, args.part_meta, args.batch_meta)
+        ops.get_decode_metadata(args.seq_lens, args.part_meta, args.batch_meta, args.rows)
         return args
 
     args = build()

@@ -13,21 +13,38 @@ constexpr int kDimV = 512;     // V is the first 512 dims of the cached latent
 constexpr int kPageSize = 64;  // tokens per KV-cache page
 constexpr int kMaxQTokens = 16;
 constexpr int kMaxHeads = 128;
-// Split-KV cost of one sequence = its pages + this many page-equivalents (Q load, epilogue),
-// in a batch of more than one sequence (docs/perf.md v16: 4 against 2 is 1.044x on skewed
-// batches, level on most uniform ones; 1-6 measured; v17: 0.95x at B = 32, L = 1k with 128-512
-// rows, where all of it before the pages splits a sequence 6 + 10). A batch of one sequence takes
-// kFixedCostOneSeq: all parts hold a piece of it anyway, so a larger cost would only move the
-// part boundaries (3-6 there: 0.92-0.95x at 16 heads, L = 4k), and one unit keeps an empty
-// sequence in a part.
-constexpr int kFixedCostPages = 4;
-constexpr int kFixedCostOneSeq = 1;
+// Split-KV cost of one sequence = its pages + a charge for its prologue and epilogue (Q load,
+// output rows), in page units, part of it before its pages (head) and the rest after them (tail).
+// A part boundary that falls inside a charge leaves a piece on either side with fewer pages, as a
+// piece does pay its own prologue and epilogue; all of it before the pages split a uniform batch
+// of 16 pages per sequence 6 + 10 at 128 rows (docs/perf.md v17). By query rows per sequence
+// (s_q * h_q; 0: not given, the charge before v18), measured in docs/perf.md v17-v18:
+//   - a batch of one sequence: 1 before. Every part holds a piece of it anyway, a larger charge
+//     would only move the part boundaries (3-6: 0.92-0.95x at 16 heads, L = 4k); one unit keeps
+//     an empty sequence in a part.
+//   - up to 32 rows: 2 before, 1 after (a 16- or 32-row tile's Q is 18-36 KB; 1.07-1.08x at B = 32,
+//     L = 1k against 4 before).
+//   - 33-64 rows, or not given: 4 before (v16: 4 against 2 is 1.044x on skewed batches).
+//   - more than 64 rows (two or more 64-row tiles): 2 before, 2 after (1.04-1.09x at B = 8-32,
+//     L = 1k-4k, where 4 before split a sequence 6 + 10).
+// The head is at least 1: an empty sequence must own a unit before its end to be in a part.
+struct PlanCharge {
+  int head;  // units before a sequence's pages
+  int tail;  // units after them
+};
+__host__ __device__ constexpr PlanCharge plan_charge(int64_t batch, int64_t rows) {
+  return batch <= 1  ? PlanCharge{1, 0}
+         : rows <= 0 ? PlanCharge{4, 0}
+         : rows <= 32 ? PlanCharge{2, 1}
+         : rows <= 64 ? PlanCharge{4, 0}
+                      : PlanCharge{2, 2};
+}
 // What the planner charges a part boundary that cuts a sequence, in pages (second prologue and
 // epilogue, partial rows, combine share; measured in docs/perf.md, v7, with fp32 partials).
 constexpr int kCutCostPages = 4;
 // The planner's units (pages plus fixed costs, summed over the batch in int32) stay below this:
 // a batch whose lengths would add up to more (over 2^36 tokens, far past any real cache: garbage
-// lengths) has each sequence's planned pages capped at kMaxPlanUnits / batch - kFixedCostPages.
+// lengths) has each sequence's planned pages capped at kMaxPlanUnits / batch - its charge.
 // Only the split changes; the part holding a sequence's end still runs to its last page.
 constexpr int kMaxPlanUnits = 1 << 30;
 // Block-table width the kernel reads at most: page * 64 stays in int32 (a longer table is read
@@ -46,7 +63,8 @@ struct MetadataParams {
   int* batch_meta;     // [batch, 4]: page0_unit, first_part, num_splits, split_slot
   int batch;
   int num_parts;
-  int fixed_cost;  // units per sequence before its pages: kFixedCostPages (kFixedCostOneSeq)
+  int fixed_cost;  // units per sequence besides its pages: plan_charge's head + tail
+  int fixed_head;  // of those, the units before its pages (>= 1)
 };
 
 struct DecodeParams {
