@@ -254,16 +254,17 @@ def test_batches(seqlens):
 
 @pytest.mark.parametrize("num_parts", [None, 1])
 @pytest.mark.parametrize("h_q", [16, 128])
-@pytest.mark.parametrize("bad_id", [-1, 10**6])
-def test_unreadable_page_poisons_only_its_sequence(bad_id, h_q, num_parts):
+@pytest.mark.parametrize(("bad_id", "bad_page"), [(-1, 2), (10**6, 2), (-1, 0), (10**6, 1)])
+def test_unreadable_page_poisons_only_its_sequence(bad_id, bad_page, h_q, num_parts):
     # A used block-table entry outside the cache: that sequence's out and lse are NaN (split into
     # pieces by the default parts, or one CTA walking every sequence with num_parts=1, where the
-    # flag must not leak into the next sequence); the others are right.
-    inputs = make_decode_inputs([700, 300, 130], 1, h_q, device="cuda", generator=gen(9))
-    inputs.block_table[1, 2] = bad_id
+    # flag must not leak into the sequences around it); the others are right. The bad page is a
+    # sequence's first, second or third, after a sequence of a single page.
+    inputs = make_decode_inputs([700, 60, 300, 130], 1, h_q, device="cuda", generator=gen(9))
+    inputs.block_table[2, bad_page] = bad_id
     out, lse = run_decode(inputs, causal=True, num_parts=num_parts)
-    assert out[1].float().isnan().all() and lse[1].isnan().all()
-    keep = [0, 2]
+    assert out[2].float().isnan().all() and lse[2].isnan().all()
+    keep = [0, 1, 3]
     check_decode_output(
         out[keep], lse[keep], inputs.q[keep], inputs.kv_cache, inputs.block_table[keep],
         inputs.seqlens[keep], SCALE, True,
