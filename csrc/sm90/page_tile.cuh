@@ -110,4 +110,33 @@ __device__ __forceinline__ void load_q_async(const DecodeParams& p, const SeqWor
   }
 }
 
+// The Q tensor maps of a call (launch_utils: make_q_tensor_maps): q's dims 0..511 and q_pe's 64 as
+// 4-D tensors [batch][token][head][dim] (varlen: one batch of num_tokens tokens), each box 64 dims
+// of 64 query rows: min(h_q, 64) heads of 64 / h_q tokens, so that box row i is tile row i.
+struct QTensorMaps {
+  CUtensorMap q, q_pe;
+};
+
+// Issued by one thread: Q rows [row_begin, row_begin + 64) of sequence w as nine boxes on `bar`
+// (73728 bytes), in the layout of load_q_async. Needs h_q dividing 64 or a multiple of 64, so that a
+// tile starts at a token's first head or, from 64 heads up, at head row_begin % h_q of one token.
+// Rows past the sequence's are zero where they fall outside q (TMA's out-of-bounds fill) and a
+// later varlen sequence's tokens otherwise: either way confined to their own rows (S, the softmax
+// and P V never mix rows), masked to P = 0 by their row limit of 0, and never stored.
+// One thread and an mbarrier instead of 4608 cp.async from 256 threads: 1.019x over 36 cases, up
+// to 1.05x at 64 rows (docs/perf.md v19).
+__device__ __forceinline__ void load_q_tma(const QTensorMaps& maps, const DecodeParams& p,
+                                           const SeqWork& w, int row_begin, uint8_t* sq,
+                                           uint64_t* bar) {
+  constexpr int kQBoxBytes = 64 * 128;
+  ptx::mbarrier_arrive_expect_tx(bar, kDimBlocks * kQBoxBytes);
+  const int token = w.tok0 + row_begin / p.h_q;
+  const int head = row_begin % p.h_q;
+  const int batch = p.q_start == nullptr ? w.batch : 0;
+  for (int kb = 0; kb < kDimBlocks - 1; ++kb) {
+    ptx::tma_load_4d(sq + kb * kQBoxBytes, &maps.q, kb * kBlockDims, head, token, batch, bar);
+  }
+  ptx::tma_load_4d(sq + (kDimBlocks - 1) * kQBoxBytes, &maps.q_pe, 0, head, token, batch, bar);
+}
+
 }  // namespace mla::sm90

@@ -107,6 +107,9 @@ struct DecodeParams {
 
   float scale_log2;  // softmax_scale * log2(e): scores live in the exp2 domain
   bool causal;
+  // Set by the sm90 launcher: Q tiles come by TMA through its tensor maps (h_q dividing 64 or a
+  // multiple of 64), else by cp.async (docs/perf.md v19).
+  bool q_tma;
   unsigned long long* trace;  // per-CTA event clocks of a trace build (decode/trace.cuh), or null
 };
 

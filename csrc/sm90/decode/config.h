@@ -34,7 +34,8 @@ constexpr int kOffP = kOffKV + kStages * kPageBytes;  // P: [64 rows x 64 tokens
 constexpr int kOffScale = kOffP + kTileBytes;         // alpha per row, [64] fp32
 constexpr int kOffML = kOffScale + kRows * 4;  // row max, row sum [2][64] fp32, poison flag
 constexpr int kOffBar = kOffML + 2 * kRows * 4 + 16;
-constexpr int kOffFlag = kOffBar + (kStages + 1) * 8;  // stage mbarriers, then warpgroup S's own
+constexpr int kBarQ = kStages + 1;  // mbarrier index of the Q tile (TMA)
+constexpr int kOffFlag = kOffBar + (kStages + 2) * 8;  // stage mbarriers, S's own, then Q's
 constexpr int kSmemBytes = kOffFlag + 16 + kSwizzleAlign;
 
 static_assert(kSmemBytes <= 232448, "shared memory over the sm_90 limit");

@@ -98,7 +98,8 @@ __device__ __forceinline__ void wait_full(uint64_t* bars, uint32_t& phase, int s
 
 __global__ void __launch_bounds__(kThreads, 1)
     decode_kernel(const __grid_constant__ DecodeParams p,
-                  const __grid_constant__ CUtensorMap tmap) {
+                  const __grid_constant__ CUtensorMap tmap,
+                  const __grid_constant__ QTensorMaps qmaps) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + kSwizzleAlign - 1) & ~uintptr_t(kSwizzleAlign - 1));
@@ -130,6 +131,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&bars[s], 1);
     ptx::mbarrier_init(&bars[kStages], 128);  // warpgroup S's barrier
+    ptx::mbarrier_init(&bars[kBarQ], 1);        // the Q tile by TMA
     ptx::fence_mbarrier_init();
   }
   // Everything above overlaps the metadata kernel (programmatic dependent launch).
@@ -147,6 +149,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned long long wait_ticks = 0;  // trace builds: this thread's time in page waits
   uint32_t phase = 0;  // bit s: parity of the next completion of stage s (each warpgroup its own)
   uint32_t tail_phase = 0;  // parity of the next completion of warpgroup S's barrier
+  uint32_t q_phase = 0;     // parity of the next completion of the Q barrier
+  const bool q_tma = p.q_tma;
   int issued = 0;      // pages consumed so far by this CTA: page n uses stage n % kStages
 
   for (int b = pm.x; b < pm.y; ++b) {
@@ -164,18 +168,24 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (tid == 0) {
       *bad = 0;
+      if (q_tma) load_q_tma(qmaps, p, w, m_tile * kRows, sq, &bars[kBarQ]);
       for (int j = 0; j < kStages && j < num_pages; ++j) {
         load_page(&tmap, page_id_of(p, w, w.page_begin + j), skv + stage_of(j) * kPageBytes,
                   &bars[stage_of(j)], bad);
       }
     }
-    load_q_async<kRows, kThreads>(p, w, m_tile * kRows, sq, tid);
+    if (!q_tma) load_q_async<kRows, kThreads>(p, w, m_tile * kRows, sq, tid);
     float o[kVColsPerWg / 8][4];
 #pragma unroll
     for (int t = 0; t < kVColsPerWg / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
-    ptx::cp_async_wait_all();
-    ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
-    __syncthreads();
+    if (q_tma) {
+      ptx::mbarrier_wait_parity(&bars[kBarQ], q_phase);
+      q_phase ^= 1;
+    } else {
+      ptx::cp_async_wait_all();
+      ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
+      __syncthreads();
+    }
     if (tid == 0) trace_clock(p, trace_seq_slot(b - pm.x, kTrQReady));
 
     // The rows' max and sums for the epilogue, which both warpgroups run after their branches:

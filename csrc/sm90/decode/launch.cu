@@ -20,7 +20,8 @@ namespace {
 // Trace builds only: with MLA_TRACE_FILE set, the call runs with event clocks and appends them to
 // that file (a header of four uint32: 'MLAT', grid x, grid y, slots per CTA; then the uint64
 // rows). It synchronises the stream, so it is for eager calls, not CUDA-graph capture.
-cudaError_t launch_traced(const DecodeParams& params, const CUtensorMap& tmap, dim3 grid,
+cudaError_t launch_traced(const DecodeParams& params, const CUtensorMap& tmap,
+                          const sm90::QTensorMaps& qmaps, dim3 grid,
                           cudaStream_t stream, const char* path) {
   using namespace sm90::decode;
   DecodeParams tp = params;
@@ -29,7 +30,7 @@ cudaError_t launch_traced(const DecodeParams& params, const CUtensorMap& tmap, d
   if (err != cudaSuccess) return err;
   err = cudaMemsetAsync(tp.trace, 0, n * sizeof(unsigned long long), stream);
   if (err == cudaSuccess) {
-    err = launch_pdl(decode_kernel, grid, dim3(kThreads), kSmemBytes, stream, tp, tmap);
+    err = launch_pdl(decode_kernel, grid, dim3(kThreads), kSmemBytes, stream, tp, tmap, qmaps);
   }
   std::vector<unsigned long long> host(n);
   if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
@@ -56,6 +57,9 @@ cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream) {
   CUtensorMap tmap;
   cudaError_t err = sm90::make_kv_tensor_map(params, &tmap);
   if (err != cudaSuccess) return err;
+  DecodeParams kp = params;
+  sm90::QTensorMaps qmaps{};
+  kp.q_tma = sm90::make_q_tensor_maps(kp, &qmaps);
   static bool smem_set[64] = {};
   err = sm90::ensure_smem_limit(reinterpret_cast<const void*>(decode_kernel), kSmemBytes, smem_set);
   if (err != cudaSuccess) return err;
@@ -63,10 +67,10 @@ cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream) {
 #ifdef MLA_TRACE_BUILD
   const char* trace_path = std::getenv("MLA_TRACE_FILE");
   if (trace_path != nullptr && trace_path[0] != '\0') {
-    return launch_traced(params, tmap, grid, stream, trace_path);
+    return launch_traced(kp, tmap, qmaps, grid, stream, trace_path);
   }
 #endif
-  return launch_pdl(decode_kernel, grid, dim3(kThreads), kSmemBytes, stream, params, tmap);
+  return launch_pdl(decode_kernel, grid, dim3(kThreads), kSmemBytes, stream, kp, tmap, qmaps);
 }
 
 }  // namespace mla
