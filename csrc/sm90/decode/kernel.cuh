@@ -184,8 +184,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     } else {
       ptx::cp_async_wait_all();
       ptx::fence_proxy_async_shared();  // Q is read by wgmma (async proxy)
-      __syncthreads();
     }
+    // Needed by the cp.async path only. With TMA every thread has waited on Q's mbarrier, but
+    // without this second barrier per sequence compute-sanitizer's racecheck reported V's read of
+    // the row max and sums (kBarEnd) against S's write of them a sequence later (one run of two,
+    // 42 sequences at 16 heads; ordered by the loop's first __syncthreads): docs/perf.md v19.
+    __syncthreads();
     if (tid == 0) trace_clock(p, trace_seq_slot(b - pm.x, kTrQReady));
 
     // The rows' max and sums for the epilogue, which both warpgroups run after their branches:
