@@ -111,6 +111,26 @@ def test_layouts(kv_4d, q_strided, s_q, h_q):
     check(out, lse, inputs, causal=True)
 
 
+@pytest.mark.parametrize(("s_q", "h_q"), [(1, 2), (3, 8), (1, 16), (2, 32), (1, 64), (4, 128)])
+def test_q_tma_matches_cp_async(s_q, h_q):
+    """Q tiles come by TMA where h_q divides 64 or is a multiple of it, else by cp.async
+    (docs/design.md). A q whose heads are one head broadcast (head stride 0) takes the cp.async
+    path, since no tensor map is made over a zero stride; the same values stored densely take
+    TMA. Both put the same Q tile in shared memory, so the outputs must agree bit for bit."""
+    seqlens = [200, 0, 64, 1000, 4097]
+    inputs = make_decode_inputs(seqlens, s_q, h_q, device="cuda", generator=gen(11))
+    broadcast = inputs.q[:, :, :1, :].expand(-1, -1, h_q, -1)
+    assert broadcast.stride(2) == 0
+    dense = broadcast.contiguous()
+    out_tma, lse_tma = run_decode(inputs, causal=True, q_halves=(dense, None))
+    out_cp, lse_cp = run_decode(inputs, causal=True, q_halves=(broadcast, None))
+    check_decode_output(
+        out_tma, lse_tma, dense, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE, True
+    )
+    assert torch.equal(out_tma, out_cp)
+    assert torch.equal(lse_tma, lse_cp)
+
+
 def split_query(q: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, s_q, h, 576] as (latent half, rope half) in a layout a caller may hold, with NaN
     in every element around them that the kernel must not read."""
