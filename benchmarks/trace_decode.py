@@ -3,7 +3,10 @@
     MLA_TRACE=1 python setup.py build_ext --inplace   # a trace build (not for production)
     python benchmarks/trace_decode.py 64,1,132,1024 128,1,128,4096 --out /tmp/trace
 
-A case is ``heads,s_q,batch,context`` (uniform lengths, causal). Each case runs metadata +
+A case is ``heads,s_q,batch,context[,dist[,parts]]`` (causal): dist ``uniform`` (the default),
+``skewed`` or ``onelong``, with the lengths the benchmark grid draws for that case
+(``bench_utils.make_lengths`` and ``case_seed`` with seed 0); parts, the split-KV part count
+(default: the one ``ops.get_mla_metadata`` picks). Each case runs metadata +
 decode eagerly a few times, then three calls with ``MLA_TRACE_FILE`` set, whose decode kernel
 writes, per CTA, its global-timer entry and exit and the clock of its events (the layout is in
 csrc/sm90/decode/trace.cuh); the last call is summarised: entry skew, the wait on the metadata
@@ -145,23 +148,35 @@ def require_trace_build() -> None:
         )
 
 
-def run_case(heads: int, s_q: int, batch: int, context: int, path: Path) -> Trace:
+def case_lengths(heads: int, s_q: int, batch: int, context: int, dist: str) -> list[int]:
+    """The cache lengths the benchmark grid uses for this case."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_utils import case_seed, make_lengths
+
+    return make_lengths(dist, batch, context, s_q, case_seed(0, heads, s_q, batch, context, dist))
+
+
+def run_case(
+    heads: int, s_q: int, batch: int, context: int, path: Path, dist: str = "uniform",
+    num_parts: int | None = None,
+) -> Trace:  # fmt: skip
     import torch
 
     from mla_backend import ops
 
     dev = "cuda"
     gen = torch.Generator(device=dev).manual_seed(0)
-    pages_per_seq = (context + 63) // 64
+    lengths = case_lengths(heads, s_q, batch, context, dist)
+    pages_per_seq = max((n + 63) // 64 for n in lengths)
     num_pages = batch * pages_per_seq + 8
     kv = torch.randn(num_pages, 64, 576, device=dev, dtype=torch.bfloat16, generator=gen)
     perm = torch.randperm(num_pages - 8, device=dev, generator=gen).to(torch.int32)
     block_table = perm[: batch * pages_per_seq].view(batch, pages_per_seq).contiguous()
-    seqlens = torch.full((batch,), context, dtype=torch.int32, device=dev)
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=dev)
     q = torch.randn(batch, s_q, heads, 576, device=dev, dtype=torch.bfloat16, generator=gen)
     out = torch.empty(batch, s_q, heads, 512, device=dev, dtype=torch.bfloat16)
     lse = torch.empty(batch, s_q, heads, device=dev, dtype=torch.float32)
-    part_meta, batch_meta = ops.get_mla_metadata(seqlens, s_q * heads, 1)
+    part_meta, batch_meta = ops.get_mla_metadata(seqlens, s_q * heads, 1, num_parts=num_parts)
     o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), s_q * heads, dev)
 
     def call() -> None:
@@ -189,7 +204,7 @@ def run_case(heads: int, s_q: int, batch: int, context: int, path: Path) -> Trac
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("cases", nargs="+", help="heads,s_q,batch,context")
+    ap.add_argument("cases", nargs="+", help="heads,s_q,batch,context[,dist[,parts]]")
     ap.add_argument("--out", default="trace_out", help="folder for the raw traces")
     args = ap.parse_args(argv)
     sys.path.append(str(Path(__file__).resolve().parents[1]))
@@ -197,10 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for text in args.cases:
-        heads, s_q, batch, context = (int(x) for x in text.split(","))
-        raw = out / f"trace_{heads}_{s_q}_{batch}_{context}.bin"
-        trace = run_case(heads, s_q, batch, context, raw)
-        title = f"h={heads} s_q={s_q} B={batch} L={context}, grid {trace.grid_x}x{trace.grid_y}"
+        fields = text.split(",")
+        heads, s_q, batch, context = (int(x) for x in fields[:4])
+        dist = fields[4] if len(fields) > 4 else "uniform"
+        num_parts = int(fields[5]) if len(fields) > 5 else None
+        tag = f"{heads}_{s_q}_{batch}_{context}_{dist}" + (f"_p{num_parts}" if num_parts else "")
+        raw = out / f"trace_{tag}.bin"
+        trace = run_case(heads, s_q, batch, context, raw, dist, num_parts)
+        title = (
+            f"h={heads} s_q={s_q} B={batch} L={context} {dist}, grid {trace.grid_x}x{trace.grid_y}"
+        )
         print(format_summary(title, summarize(trace)), flush=True)
     return 0
 
