@@ -26,6 +26,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import case_seed, make_lengths  # noqa: E402
+
 MAGIC = 0x54414C4D  # 'MLAT'
 SLOTS = 64
 # trace.cuh
@@ -150,9 +153,6 @@ def require_trace_build() -> None:
 
 def case_lengths(heads: int, s_q: int, batch: int, context: int, dist: str) -> list[int]:
     """The cache lengths the benchmark grid uses for this case."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_utils import case_seed, make_lengths
-
     return make_lengths(dist, batch, context, s_q, case_seed(0, heads, s_q, batch, context, dist))
 
 
