@@ -14,6 +14,7 @@
 //   each thread one float4 of the 512 columns and every kGroups-th piece. Its first kUnroll
 //   pieces are loaded before the row's LSE is reduced, so the merge costs about one round of
 //   memory latency after the decode kernel, not one per piece group.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -220,22 +221,37 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
   if (tid == 0) *lse_out(p, b, qs.tok0, r) = t.lse();
 }
 
+// Pieces per split sequence, estimated on the host (the lengths are on the device): the plan of a
+// batch whose every sequence fills the block table (max_pages pages plus the planner's charge).
+// That is num_parts / batch for a table wider than the sequences (vLLM's, max_model_len wide),
+// and close to the real count for a table cut to the batch's longest sequence, where
+// num_parts / batch overestimates short contexts: 32 heads, B = 8, L = 1k, 132 parts is 16
+// by the part count and 9 by the plan (docs/perf.md v20).
+int expected_pieces(const DecodeParams& params) {
+  const int by_parts = params.num_parts / params.batch;
+  const PlanCharge charge = plan_charge(params.batch, params.rows);
+  const int64_t units = int64_t(params.max_pages) + charge.head + charge.tail;
+  const int64_t per_part = (params.batch * units + params.num_parts - 1) / params.num_parts;
+  return static_cast<int>(std::min<int64_t>(by_parts, units / std::max<int64_t>(per_part, 1)));
+}
+
 }  // namespace
 
 cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream) {
-  // A split sequence has about num_parts / batch + 1 pieces. Many: a CTA per (sequence, row), with
-  // as many piece groups as keep the grid resident beside the decode kernel's tail (measured,
-  // docs/perf.md v7). Few: a warp per row.
-  const int pieces = params.num_parts / params.batch;
+  // Many pieces per sequence: a CTA per (sequence, row), with as many piece groups as keep the
+  // grid resident beside the decode kernel's tail (measured, docs/perf.md v7; thresholds v20).
+  // Few: a warp per row, leaving before the wait when there is about one piece per sequence by
+  // the part count (the early exit was measured against that count, v15).
+  const int pieces = expected_pieces(params);
   if (pieces >= 8) {
     const dim3 grid(params.batch, params.rows);
     if (pieces >= 64) return launch_pdl(combine_seq_kernel<4>, grid, dim3(512), 0, stream, params);
-    if (pieces >= 16) return launch_pdl(combine_seq_kernel<2>, grid, dim3(256), 0, stream, params);
+    if (pieces >= 12) return launch_pdl(combine_seq_kernel<2>, grid, dim3(256), 0, stream, params);
     return launch_pdl(combine_seq_kernel<1>, grid, dim3(128), 0, stream, params);
   }
   const int row_blocks = (params.rows + kRowWarps - 1) / kRowWarps;
   const dim3 grid(params.num_parts, row_blocks);
-  if (pieces <= 1) {
+  if (params.num_parts / params.batch <= 1) {
     return launch_pdl(combine_rows_kernel<true>, grid, dim3(kRowWarps * 32), 0, stream, params);
   }
   return launch_pdl(combine_rows_kernel<false>, grid, dim3(kRowWarps * 32), 0, stream, params);
