@@ -39,6 +39,12 @@ CASES = [
     ([700] * 40 + [5, 0], 1, 16, None),  # batch * 4 >= num_parts: the part-size search runs
     ([300, 2000] * 20, 2, 64, None),
     ([1, 70, 0, 130] * 1025 + [3000], 1, 16, None),  # 4101 sequences: the metadata kernel
+    # The combine's per-(sequence, row) kernels with their first pass before the wait (<4>, <2>,
+    # <1> on an H200) and one without (<1>, 512 CTAs); see tests/gpu/test_decode.py.
+    ([8192], 1, 16, None),
+    ([1024], 1, 32, None),
+    ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 1, 16, None),
+    ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 1, 64, None),
 ]
 # Varlen (q_start): (seqlens, query tokens per sequence, max_q_len, h_q, num_parts); the row
 # tiles past a short sequence's rows are skipped by the main kernel and the combine.

@@ -13,7 +13,9 @@
 //   per (sequence, row), kGroups x 128 threads (1, 2 or 4 groups by the expected piece count),
 //   each thread one float4 of the 512 columns and every kGroups-th piece. Its first kUnroll
 //   pieces are loaded before the row's LSE is reduced, so the merge costs about one round of
-//   memory latency after the decode kernel, not one per piece group.
+//   memory latency after the decode kernel, not one per piece group. On a small grid it runs the
+//   merge once more before the wait, on unfinished pieces and for nothing but its instruction
+//   cache (kWarm).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -150,7 +152,31 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 
 constexpr int kUnroll = 8;  // pieces per thread loaded before the LSE reduction
 
-template <int kGroups>
+// A load of the workspace: through L2 only when kWarm, whose first pass reads it before the
+// decode kernel has finished, so that no stale line is left in L1 for the second pass.
+template <bool kWarm, typename T>
+__device__ __forceinline__ T load_piece(const T* ptr) {
+  if constexpr (kWarm) {
+    return __ldcg(ptr);
+  } else {
+    return *ptr;
+  }
+}
+
+template <bool kWarm>
+__device__ __forceinline__ float4 load_piece_bf16x4(const __nv_bfloat16* ptr) {
+  const uint2 u = load_piece<kWarm>(reinterpret_cast<const uint2*>(ptr));
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// kWarm: the merge runs twice, the first time before the PDL wait on whatever the workspace
+// holds then (nothing stored; the loads are in bounds, the plan having been written before the
+// decode kernel started), so that the pass after the wait runs from a warm instruction cache.
+// It is one loop, not two copies of the code. On a small grid this took 1.01-1.12x off the
+// step, on a larger one it cost up to 0.93x (launch_seq; docs/perf.md v21).
+template <int kGroups, bool kWarm>
 __global__ void __launch_bounds__(kGroups * kDimV / 4)
     combine_seq_kernel(const __grid_constant__ DecodeParams p) {
   constexpr int kThreads = kGroups * kDimV / 4;
@@ -162,7 +188,6 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
   const int num_splits = bm.z;
   const QuerySpan qs = query_span(p, b);
   if (num_splits <= 1 || r >= qs.rows) return;  // whole CTA: no barrier is left waiting
-  ptx::griddep_wait();
 
   const int tid = threadIdx.x;
   const int c4 = tid % (kDimV / 4);  // this thread's 4 columns of the row
@@ -171,54 +196,70 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
   const __nv_bfloat16* o_part = p.o_accum + (int64_t(bm.w) * p.rows + r) * kDimV + c4 * 4;
   const int64_t piece_stride = int64_t(p.rows) * kDimV;
 
-  float4 v[kUnroll];
-  float lv[kUnroll];
+#pragma unroll 1
+  for (int pass = kWarm ? 0 : 1; pass < 2; ++pass) {
+    if (pass == 1) ptx::griddep_wait();
+    float4 v[kUnroll];
+    float lv[kUnroll];
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int s = g + u * kGroups;
-    v[u] = s < num_splits ? load_bf16x4(o_part + s * piece_stride)
-                          : make_float4(0.f, 0.f, 0.f, 0.f);
-    lv[u] = s < num_splits ? lse_part[int64_t(s) * p.rows] : -INFINITY;
-  }
+    for (int u = 0; u < kUnroll; ++u) {
+      const int s = g + u * kGroups;
+      v[u] = s < num_splits ? load_piece_bf16x4<kWarm>(o_part + s * piece_stride)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+      lv[u] = s < num_splits ? load_piece<kWarm>(lse_part + int64_t(s) * p.rows) : -INFINITY;
+    }
 
-  LseSum t;
-  for (int s = tid; s < num_splits; s += kThreads) t.add(lse_part[int64_t(s) * p.rows]);
-  t.warp_reduce();
-  if (tid % 32 == 0) red[tid / 32] = make_float2(t.m, t.s);
-  __syncthreads();
-  t = LseSum();
-#pragma unroll
-  for (int i = 0; i < kThreads / 32; ++i) t.merge(red[i].x, red[i].y);  // same order everywhere
-  const float base = t.base(), inv_sum = t.inv_sum();
-
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const float w = expf(lv[u] - base) * inv_sum;
-    if (w != 0.f) axpy(acc, w, v[u]);  // w == 0: empty piece or none (no 0 * inf)
-  }
-#pragma unroll 4
-  for (int s = g + kUnroll * kGroups; s < num_splits; s += kGroups) {
-    const float w = expf(lse_part[int64_t(s) * p.rows] - base) * inv_sum;
-    const float4 x = load_bf16x4(o_part + s * piece_stride);
-    if (w != 0.f) axpy(acc, w, x);
-  }
-
-  if constexpr (kGroups > 1) {
-    if (g > 0) partial[g - 1][c4] = acc;
+    LseSum t;
+    for (int s = tid; s < num_splits; s += kThreads) {
+      t.add(load_piece<kWarm>(lse_part + int64_t(s) * p.rows));
+    }
+    t.warp_reduce();
+    if (tid % 32 == 0) red[tid / 32] = make_float2(t.m, t.s);
     __syncthreads();
-    if (g > 0) return;
+    t = LseSum();
 #pragma unroll
-    for (int i = 0; i < kGroups - 1; ++i) {
-      const float4 x = partial[i][c4];
-      acc.x += x.x;
-      acc.y += x.y;
-      acc.z += x.z;
-      acc.w += x.w;
+    for (int i = 0; i < kThreads / 32; ++i) t.merge(red[i].x, red[i].y);  // same order everywhere
+    const float base = t.base(), inv_sum = t.inv_sum();
+
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const float w = expf(lv[u] - base) * inv_sum;
+      if (w != 0.f) axpy(acc, w, v[u]);  // w == 0: empty piece or none (no 0 * inf)
+    }
+#pragma unroll 4
+    for (int s = g + kUnroll * kGroups; s < num_splits; s += kGroups) {
+      const float w = expf(load_piece<kWarm>(lse_part + int64_t(s) * p.rows) - base) * inv_sum;
+      const float4 x = load_piece_bf16x4<kWarm>(o_part + s * piece_stride);
+      if (w != 0.f) axpy(acc, w, x);
+    }
+
+    if constexpr (kGroups > 1) {
+      if (g > 0) partial[g - 1][c4] = acc;
+      __syncthreads();
+      if (g == 0) {
+#pragma unroll
+        for (int i = 0; i < kGroups - 1; ++i) {
+          const float4 x = partial[i][c4];
+          acc.x += x.x;
+          acc.y += x.y;
+          acc.z += x.z;
+          acc.w += x.w;
+        }
+      }
+    }
+    if (pass == 1) {
+      if (g == 0) {
+        *reinterpret_cast<uint2*>(out_row(p, b, qs.tok0, r) + c4 * 4) = pack_bf16x4(acc);
+        if (tid == 0) *lse_out(p, b, qs.tok0, r) = t.lse();
+      }
+    } else {
+      // The first pass's result is dropped; this keeps its loads and arithmetic in the code.
+      const float lse = t.lse();
+      asm volatile("" ::"f"(acc.x), "f"(acc.y), "f"(acc.z), "f"(acc.w), "f"(lse));
+      __syncthreads();  // red and partial are written again by the second pass
     }
   }
-  *reinterpret_cast<uint2*>(out_row(p, b, qs.tok0, r) + c4 * 4) = pack_bf16x4(acc);
-  if (tid == 0) *lse_out(p, b, qs.tok0, r) = t.lse();
 }
 
 // Pieces per split sequence, estimated on the host (the lengths are on the device): the plan of a
@@ -235,19 +276,36 @@ int expected_pieces(const DecodeParams& params) {
   return static_cast<int>(std::min<int64_t>(by_parts, units / std::max<int64_t>(per_part, 1)));
 }
 
+// The per-(sequence, row) kernel with kGroups piece groups, with its first pass before the wait
+// while the grid has at most kWarmMaxGroups groups of 128 threads in all (batch x rows x
+// kGroups): measured 1.01-1.12x up to 256 and 0.93-0.99x at 512 (docs/perf.md v21).
+constexpr int64_t kWarmMaxGroups = 256;
+
+template <int kGroups>
+cudaError_t launch_seq(dim3 grid, cudaStream_t stream, const DecodeParams& params) {
+  constexpr int kThreads = kGroups * kDimV / 4;
+  if (int64_t(params.batch) * params.rows * kGroups <= kWarmMaxGroups) {
+    return launch_pdl(combine_seq_kernel<kGroups, true>, grid, dim3(kThreads), 0, stream, params);
+  }
+  return launch_pdl(combine_seq_kernel<kGroups, false>, grid, dim3(kThreads), 0, stream, params);
+}
+
 }  // namespace
 
 cudaError_t run_combine(const DecodeParams& params, cudaStream_t stream) {
-  // Many pieces per sequence: a CTA per (sequence, row), with as many piece groups as keep the
-  // grid resident beside the decode kernel's tail (measured, docs/perf.md v7; thresholds v20).
-  // Few: a warp per row, leaving before the wait when there is about one piece per sequence by
-  // the part count (the early exit was measured against that count, v15).
-  const int pieces = expected_pieces(params);
-  if (pieces >= 8) {
+  // Many pieces per sequence by the part count: a CTA per (sequence, row), with as many piece
+  // groups as the expected pieces call for and keep the grid resident beside the decode
+  // kernel's tail (measured, docs/perf.md v7; thresholds v20). The choice between the two
+  // shapes stays with the part count: at 128 rows, B = 8, the warp per row that the estimate
+  // (7 pieces) would pick measured level at L = 1k and 0.975x at L = 4k in separate processes
+  // (v21). Few: a warp per row, leaving before the wait when there is about one piece per
+  // sequence (the early exit was measured against that count, v15).
+  if (params.num_parts / params.batch >= 8) {
+    const int pieces = expected_pieces(params);
     const dim3 grid(params.batch, params.rows);
-    if (pieces >= 64) return launch_pdl(combine_seq_kernel<4>, grid, dim3(512), 0, stream, params);
-    if (pieces >= 12) return launch_pdl(combine_seq_kernel<2>, grid, dim3(256), 0, stream, params);
-    return launch_pdl(combine_seq_kernel<1>, grid, dim3(128), 0, stream, params);
+    if (pieces >= 64) return launch_seq<4>(grid, stream, params);
+    if (pieces >= 12) return launch_seq<2>(grid, stream, params);
+    return launch_seq<1>(grid, stream, params);
   }
   const int row_blocks = (params.rows + kRowWarps - 1) / kRowWarps;
   const dim3 grid(params.num_parts, row_blocks);

@@ -265,6 +265,28 @@ def test_any_num_parts_is_correct(num_parts, h_q):
     check(out, lse, inputs, causal=True)
 
 
+# Shapes for each combine kernel by run_combine's rule on an H200 (132 SMs): the per-(sequence,
+# row) kernel with 1, 2 or 4 piece groups, with its first pass before the PDL wait (batch x rows
+# x groups <= 256, "warm") and without. Expected pieces = min(num_parts / batch, (P + c) / ceil(B (P + c) / parts))
+# for a table of P pages (make_decode_inputs: one more than the longest sequence needs) and the
+# plan's charge c (csrc/smxx/combine.cu, expected_pieces).
+COMBINE_SHAPES = [
+    ([8192], 16, None),  # 66 parts, 65 pieces: <4>, 16 CTAs, warm
+    ([1024], 32, None),  # 66 parts, 18 pieces: <2>, 32 CTAs, warm
+    ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 16, None),  # 10 pieces: <1>, 128 CTAs, warm
+    ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 64, None),  # 10 pieces: <1>, 512 CTAs
+    ([4096, 3000, 4096, 4000, 64, 4096, 2500, 4096], 64, None),  # 13 pieces: <2>, 512 CTAs
+    ([32768, 20000, 32768, 9000, 32768], 64, 400),  # 73 pieces: <4>, 320 CTAs
+]
+
+
+@pytest.mark.parametrize(("seqlens", "h_q", "num_parts"), COMBINE_SHAPES, ids=str)
+def test_combine_kernels(seqlens, h_q, num_parts):
+    inputs = make_decode_inputs(seqlens, 1, h_q, device="cuda", generator=gen(9))
+    out, lse = run_decode(inputs, causal=True, num_parts=num_parts)
+    check(out, lse, inputs, causal=True)
+
+
 @pytest.mark.parametrize("seqlens", [[8192], [0, 0, 0], [1] * 64, [100, 9000, 3, 4097]], ids=str)
 def test_batches(seqlens):
     inputs = make_decode_inputs(seqlens, 1, 128, device="cuda", generator=gen(3))
