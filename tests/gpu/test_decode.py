@@ -267,9 +267,9 @@ def test_any_num_parts_is_correct(num_parts, h_q):
 
 # Shapes for each combine kernel by run_combine's rule on an H200 (132 SMs): the per-(sequence,
 # row) kernel with 1, 2 or 4 piece groups, with its first pass before the PDL wait (batch x rows
-# x groups <= 256, "warm") and without. Expected pieces = min(num_parts / batch, (P + c) / ceil(B (P + c) / parts))
-# for a table of P pages (make_decode_inputs: one more than the longest sequence needs) and the
-# plan's charge c (csrc/smxx/combine.cu, expected_pieces).
+# x groups <= 256, "warm") and without. Expected pieces = min(num_parts / batch,
+# (P + c) / ceil(B (P + c) / parts)) for a table of P pages (make_decode_inputs: one more than
+# the longest sequence needs) and the plan's charge c (csrc/smxx/combine.cu, expected_pieces).
 COMBINE_SHAPES = [
     ([8192], 16, None),  # 66 parts, 65 pieces: <4>, 16 CTAs, warm
     ([1024], 32, None),  # 66 parts, 18 pieces: <2>, 32 CTAs, warm
