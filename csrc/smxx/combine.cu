@@ -35,9 +35,22 @@ __device__ __forceinline__ void axpy(float4& acc, float w, const float4& v) {
   acc.w += w * v.w;
 }
 
+// A load of the workspace, through L2 only with kL2Only: the warm pass of combine_seq_kernel
+// reads it before the decode kernel has finished, and must leave no stale line in L1 for the
+// pass that counts.
+template <bool kL2Only, typename T>
+__device__ __forceinline__ T load_piece(const T* ptr) {
+  if constexpr (kL2Only) {
+    return __ldcg(ptr);
+  } else {
+    return *ptr;
+  }
+}
+
 // Four bf16 partial values (8 bytes) as fp32.
+template <bool kL2Only = false>
 __device__ __forceinline__ float4 load_bf16x4(const __nv_bfloat16* ptr) {
-  const uint2 u = *reinterpret_cast<const uint2*>(ptr);
+  const uint2 u = load_piece<kL2Only>(reinterpret_cast<const uint2*>(ptr));
   const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
   const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
   return make_float4(lo.x, lo.y, hi.x, hi.y);
@@ -152,25 +165,6 @@ __global__ void __launch_bounds__(kRowWarps * 32)
 
 constexpr int kUnroll = 8;  // pieces per thread loaded before the LSE reduction
 
-// A load of the workspace: through L2 only when kWarm, whose first pass reads it before the
-// decode kernel has finished, so that no stale line is left in L1 for the second pass.
-template <bool kWarm, typename T>
-__device__ __forceinline__ T load_piece(const T* ptr) {
-  if constexpr (kWarm) {
-    return __ldcg(ptr);
-  } else {
-    return *ptr;
-  }
-}
-
-template <bool kWarm>
-__device__ __forceinline__ float4 load_piece_bf16x4(const __nv_bfloat16* ptr) {
-  const uint2 u = load_piece<kWarm>(reinterpret_cast<const uint2*>(ptr));
-  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-  return make_float4(lo.x, lo.y, hi.x, hi.y);
-}
-
 // kWarm: the merge runs twice, the first time before the PDL wait on whatever the workspace
 // holds then (nothing stored; the loads are in bounds, the plan having been written before the
 // decode kernel started), so that the pass after the wait runs from a warm instruction cache.
@@ -204,7 +198,7 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int s = g + u * kGroups;
-      v[u] = s < num_splits ? load_piece_bf16x4<kWarm>(o_part + s * piece_stride)
+      v[u] = s < num_splits ? load_bf16x4<kWarm>(o_part + s * piece_stride)
                             : make_float4(0.f, 0.f, 0.f, 0.f);
       lv[u] = s < num_splits ? load_piece<kWarm>(lse_part + int64_t(s) * p.rows) : -INFINITY;
     }
@@ -230,7 +224,7 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
 #pragma unroll 4
     for (int s = g + kUnroll * kGroups; s < num_splits; s += kGroups) {
       const float w = expf(load_piece<kWarm>(lse_part + int64_t(s) * p.rows) - base) * inv_sum;
-      const float4 x = load_piece_bf16x4<kWarm>(o_part + s * piece_stride);
+      const float4 x = load_bf16x4<kWarm>(o_part + s * piece_stride);
       if (w != 0.f) axpy(acc, w, x);
     }
 
