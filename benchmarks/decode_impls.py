@@ -12,6 +12,7 @@ kernels in ``probe()``.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -96,7 +97,11 @@ def _need_cuda_sm90(what: str) -> None:
 
 
 class Ours(DecodeImpl):
-    """mla_backend.ops: ``get_decode_metadata`` then ``mla_decode`` (main + combine)."""
+    """mla_backend.ops. whole: one ``mla_decode(..., plan=True)`` per step (up to 64 sequences
+    the decode and combine kernels plan for themselves, larger batches run the metadata kernel
+    in the call); with ``MLA_BENCH_WHOLE=metadata`` in the environment when the step is built,
+    ``get_decode_metadata`` then ``mla_decode`` (two calls, the metadata kernel at every batch
+    size). kernel: ``mla_decode`` on a plan computed once."""
 
     name = "ours"
     _ops = None
@@ -140,7 +145,7 @@ class Ours(DecodeImpl):
             torch.empty((batch, 4), dtype=torch.int32, device=dev),
         )
 
-    def _decode(self, i: int, meta: tuple[Tensor, Tensor]) -> None:
+    def _decode(self, i: int, meta: tuple[Tensor, Tensor], plan: bool = False) -> None:
         d = self.d
         self._ops.mla_decode(
             d.q[i],
@@ -154,11 +159,15 @@ class Ours(DecodeImpl):
             self.lse[i],
             self.o_accum,
             self.lse_accum,
+            plan=plan,
         )
 
     def whole(self, i: int) -> None:
-        self._ops.get_decode_metadata(self.d.seqlens, *self.meta_step, self.d.case.rows)
-        self._decode(i, self.meta_step)
+        if os.environ.get("MLA_BENCH_WHOLE") == "metadata":
+            self._ops.get_decode_metadata(self.d.seqlens, *self.meta_step, self.d.case.rows)
+            self._decode(i, self.meta_step)
+        else:
+            self._decode(i, self.meta_step, plan=True)
 
     def kernel(self, i: int) -> None:
         self._decode(i, self.meta)

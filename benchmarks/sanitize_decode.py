@@ -3,9 +3,10 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitize_decode.py
     compute-sanitizer --tool racecheck python benchmarks/sanitize_decode.py --no-check
 
-Each case runs metadata + decode once (3 to 128 query rows, one or several 64-row tiles, split
-and unsplit sequences, partial pages, empty sequences, s_q > 1 with causal masking; the
-planner's part-size search and its global-memory path over 4096 sequences; varlen queries) and
+Each case runs metadata + decode once, or a decode that plans for itself (``plan=True``), on
+3 to 128 query rows, one or several 64-row tiles, split and unsplit sequences, partial pages,
+empty sequences, s_q > 1 with causal masking, the planner's part-size search and its
+global-memory path over 4096 sequences, varlen queries; it
 checks the result against the fp32 reference, so a run that the tool passes also computed the
 right thing. Exit status 1 if a check fails. ``--no-check`` (for racecheck) skips the reference,
 which is slow under racecheck and whose cuBLAS matmuls draw reports that are not ours, and the
@@ -46,15 +47,28 @@ CASES = [
     ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 1, 16, None),
     ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 1, 64, None),
 ]
+# The same kernels planning for themselves (mla_decode(..., plan=True), up to 64 sequences): the
+# warp plan in the decode kernel and in each combine kernel (<4>, <1> warm, <1> cold, the warp
+# per row kernel after the priced part size).
+PLAN_CASES = [
+    ([130, 0, 64, 1], 1, 16, None),
+    ([8192], 1, 16, None),
+    ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 1, 16, None),
+    ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 2, 64, None),
+    ([700] * 40 + [5, 0], 1, 16, None),
+]
 # Varlen (q_start): (seqlens, query tokens per sequence, max_q_len, h_q, num_parts); the row
 # tiles past a short sequence's rows are skipped by the main kernel and the combine.
 VARLEN_CASES = [
-    ([700, 65, 0, 200], [3, 1, 2, 4], 4, 32, 5),
-    ([300, 129], [1, 2], 3, 128, None),
+    ([700, 65, 0, 200], [3, 1, 2, 4], 4, 32, 5, False),
+    ([300, 129], [1, 2], 3, 128, None, False),
+    ([700, 65, 0, 200], [3, 1, 2, 4], 4, 32, None, True),
 ]
 
 
-def run_varlen(seed: int, seqlens, q_lens, max_q_len, h_q, num_parts, check: bool) -> str:
+def run_varlen(
+    seed: int, seqlens, q_lens, max_q_len, h_q, num_parts, plan: bool, check: bool
+) -> str:
     gen = torch.Generator(device="cuda").manual_seed(seed)
     inputs = make_decode_inputs(seqlens, max_q_len, h_q, device="cuda", generator=gen)
     q, q_start = varlen_queries(inputs.q, q_lens)
@@ -65,7 +79,7 @@ def run_varlen(seed: int, seqlens, q_lens, max_q_len, h_q, num_parts, check: boo
     o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), rows, "cuda")
     ops.mla_decode(
         q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta, SCALE,
-        True, out, lse, o_accum, lse_accum, q_start=q_start, max_q_len=max_q_len,
+        True, out, lse, o_accum, lse_accum, q_start=q_start, max_q_len=max_q_len, plan=plan,
     )  # fmt: skip
     torch.cuda.synchronize()
     if not check:
@@ -80,7 +94,8 @@ def run_varlen(seed: int, seqlens, q_lens, max_q_len, h_q, num_parts, check: boo
 def main() -> int:
     check = "--no-check" not in sys.argv[1:]
     failures = 0
-    for seed, (seqlens, s_q, h_q, num_parts) in enumerate(CASES):
+    cases = [(*c, False) for c in CASES] + [(*c, True) for c in PLAN_CASES]
+    for seed, (seqlens, s_q, h_q, num_parts, plan) in enumerate(cases):
         if not check and len(seqlens) > 64:
             continue
         gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -94,7 +109,7 @@ def main() -> int:
         causal = s_q > 1
         ops.mla_decode(
             inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
-            SCALE, causal, out, lse, o_accum, lse_accum,
+            SCALE, causal, out, lse, o_accum, lse_accum, plan=plan,
         )  # fmt: skip
         torch.cuda.synchronize()
         status = "ran, not checked"
@@ -112,14 +127,20 @@ def main() -> int:
                 failures += 1
                 status = f"FAIL {str(err).splitlines()[0]}"
         shown = seqlens if batch <= 8 else f"{batch} sequences"
-        print(f"seqlens={shown} s_q={s_q} h_q={h_q} num_parts={num_parts}: {status}", flush=True)
-    for seed, (seqlens, q_lens, max_q_len, h_q, num_parts) in enumerate(VARLEN_CASES, start=100):
+        print(
+            f"seqlens={shown} s_q={s_q} h_q={h_q} num_parts={num_parts} plan={plan}: {status}",
+            flush=True,
+        )
+    for seed, (seqlens, q_lens, max_q_len, h_q, num_parts, plan) in enumerate(
+        VARLEN_CASES, start=100
+    ):
         try:
-            status = run_varlen(seed, seqlens, q_lens, max_q_len, h_q, num_parts, check)
+            status = run_varlen(seed, seqlens, q_lens, max_q_len, h_q, num_parts, plan, check)
         except AssertionError as err:
             failures += 1
             status = f"FAIL {str(err).splitlines()[0]}"
-        print(f"varlen seqlens={seqlens} q_lens={q_lens} h_q={h_q}: {status}", flush=True)
+        shown = f"varlen seqlens={seqlens} q_lens={q_lens} h_q={h_q} plan={plan}"
+        print(f"{shown}: {status}", flush=True)
     return 1 if failures else 0
 
 

@@ -48,8 +48,9 @@ def _paged(q, cache, block_table, seqlens, scale, causal):
 
 
 def fake_ours():
-    def mla_decode(q, kv, bt, seqlens, pm, bm, scale, causal, out, lse, oa, la):
+    def mla_decode(q, kv, bt, seqlens, pm, bm, scale, causal, out, lse, oa, la, plan=False):
         assert pm.shape == (4, 4) and bm.shape == (q.shape[0], 4) and oa.shape[0] == 8
+        assert isinstance(plan, bool)
         o, l_ = _paged(q, kv, bt, seqlens, scale, causal)
         out.copy_(o)
         lse.copy_(l_)

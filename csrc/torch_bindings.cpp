@@ -23,10 +23,10 @@ TORCH_LIBRARY(mla_backend, m) {
       "get_decode_metadata(Tensor seqlens, Tensor(a!) part_meta, Tensor(b!) batch_meta, "
       "int rows=0) -> ()");
   m.def(
-      "decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seqlens, Tensor part_meta, "
-      "Tensor batch_meta, float softmax_scale, bool causal, Tensor(a!) out, Tensor(b!) lse, "
-      "Tensor(c!) o_accum, Tensor(d!) lse_accum, Tensor? q_pe=None, Tensor? q_start=None, "
-      "int max_q_len=0) -> ()");
+      "decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seqlens, "
+      "Tensor(a!) part_meta, Tensor(b!) batch_meta, float softmax_scale, bool causal, "
+      "Tensor(c!) out, Tensor(d!) lse, Tensor(e!) o_accum, Tensor(f!) lse_accum, "
+      "Tensor? q_pe=None, Tensor? q_start=None, int max_q_len=0, bool plan=False) -> ()");
   m.def("build_info() -> str", &mla::ops::build_info);
 }
 

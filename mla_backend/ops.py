@@ -194,6 +194,7 @@ def mla_decode(
     q_pe: Tensor | None = None,
     q_start: Tensor | None = None,
     max_q_len: int = 0,
+    plan: bool = False,
 ) -> None:
     """Paged MLA decode into caller-owned buffers: no allocation, no host sync (graph-safe).
 
@@ -206,7 +207,8 @@ def mla_decode(
         block_table: ``[B, max_pages]`` int32 page ids; entries past ``ceil(L / 64)`` are never
             read.
         seqlens: ``[B]`` int32 cache lengths ``L``, the ``s_q`` new tokens included; 0 allowed.
-        part_meta, batch_meta: from ``get_decode_metadata`` on the same ``seqlens``.
+        part_meta, batch_meta: from ``get_decode_metadata`` on the same ``seqlens``; with
+            ``plan=True``, written instead (any contents on entry).
         softmax_scale: multiplies ``q . k`` (usually ``1 / sqrt(192)`` for DeepSeek models).
         causal: query token ``i`` sees positions ``< L - s_q + i + 1``; otherwise all ``< L``.
         out: ``[B, s_q, h_q, 512]`` bf16, written; last dim contiguous, other strides multiples
@@ -224,6 +226,12 @@ def mla_decode(
             query count: it sizes the grid and the workspace (``s_q * h_q`` rows with
             ``s_q = max_q_len``); tokens of a sequence past it are not written. Causal: token
             ``i`` of a sequence with ``q_len`` tokens sees positions ``< L - q_len + i + 1``.
+        plan: compute the split-KV plan in this call and write it to ``part_meta`` and
+            ``batch_meta``: the same plan as ``get_decode_metadata(seqlens, part_meta,
+            batch_meta, s_q * h_q)``, which a later call on the same ``seqlens`` and rows may
+            reuse with ``plan=False``. Up to 64 sequences the decode and combine kernels plan
+            for themselves (one kernel launch fewer than the metadata kernel first); larger
+            batches run the metadata kernel inside the call.
 
     A query row that sees no position (``L == 0`` or ``L - s_q + i + 1 <= 0``) gets ``out = 0``
     and ``lse = -inf``.
@@ -245,6 +253,7 @@ def mla_decode(
         q_pe,
         q_start,
         max_q_len,
+        plan,
     )
 
 
@@ -264,6 +273,7 @@ def _decode_fake(
     q_pe: Tensor | None = None,
     q_start: Tensor | None = None,
     max_q_len: int = 0,
+    plan: bool = False,
 ) -> None:
     return None
 
@@ -283,7 +293,8 @@ def flash_mla_with_kvcache(
 
     Arguments as in ``mla_decode`` (``k_cache`` is ``kv_cache``, ``cache_seqlens`` is
     ``seqlens``); ``tile_scheduler_metadata`` and ``num_splits`` are the two tensors of
-    ``get_mla_metadata`` and are computed here when either is None. ``head_dim_v`` must be 512;
+    ``get_mla_metadata`` and are computed by this call when either is None (``plan=True``).
+    ``head_dim_v`` must be 512;
     ``softmax_scale`` defaults to ``576 ** -0.5``.
 
     Returns ``out`` bf16 ``[B, s_q, h_q, 512]`` and ``lse`` fp32 in FlashMLA's layout
@@ -294,8 +305,11 @@ def flash_mla_with_kvcache(
     batch, s_q, h_q, _ = q.shape
     if softmax_scale is None:
         softmax_scale = HEAD_DIM_QK**-0.5
-    if tile_scheduler_metadata is None or num_splits is None:
-        tile_scheduler_metadata, num_splits = get_mla_metadata(cache_seqlens, s_q * h_q)
+    plan = tile_scheduler_metadata is None or num_splits is None
+    if plan:
+        num_parts = num_decode_parts(s_q * h_q, q.device, batch=batch)
+        tile_scheduler_metadata = torch.empty((num_parts, 4), dtype=torch.int32, device=q.device)
+        num_splits = torch.empty((batch, 4), dtype=torch.int32, device=q.device)
     out = torch.empty((batch, s_q, h_q, HEAD_DIM_V), dtype=torch.bfloat16, device=q.device)
     lse = torch.empty((batch, s_q, h_q), dtype=torch.float32, device=q.device)
     o_accum, lse_accum = decode_workspace(tile_scheduler_metadata.size(0), s_q * h_q, q.device)
@@ -312,6 +326,7 @@ def flash_mla_with_kvcache(
         lse,
         o_accum,
         lse_accum,
+        plan=plan,
     )
     return out, lse.transpose(1, 2)
 

@@ -1,4 +1,5 @@
-// torch op decode: validate -> guard -> fill DecodeParams -> main kernel -> combine. Never allocates, never syncs with the host.
+// torch op decode: validate -> guard -> fill DecodeParams -> (plan) -> main kernel -> combine.
+// Never allocates, never syncs with the host.
 #include <algorithm>
 #include <cmath>
 
@@ -175,7 +176,7 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
             double softmax_scale, bool causal, const at::Tensor& out, const at::Tensor& lse,
             const at::Tensor& o_accum, const at::Tensor& lse_accum,
             const std::optional<at::Tensor>& q_pe, const std::optional<at::Tensor>& q_start,
-            int64_t max_q_len) {
+            int64_t max_q_len, bool plan) {
   TORCH_CHECK(std::isfinite(softmax_scale) && softmax_scale > 0,
               "softmax_scale must be finite and > 0, got ", softmax_scale);
   const QueryShape qs = check_inputs(q, kv_cache, block_table, seqlens, part_meta, batch_meta,
@@ -210,6 +211,8 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.seqlens = seqlens.data_ptr<int>();
   p.part_meta = part_meta.data_ptr<int>();
   p.batch_meta = batch_meta.data_ptr<int>();
+  p.plan_in_kernel = false;
+  p.plan_fixed_cost = p.plan_fixed_head = 0;
   p.out = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
   strides(out, p.out_batch_stride, p.out_token_stride, p.out_head_stride);
   p.lse = lse.data_ptr<float>();
@@ -227,7 +230,30 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.trace = nullptr;  // set by the launcher of a trace build only
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  cudaError_t err = run_decode_main(p, stream);
+  cudaError_t err = cudaSuccess;
+  if (plan) {
+    // The plan of these seqlens for this decode's rows, written to part_meta and batch_meta: by
+    // the decode kernel itself for a small batch (no metadata kernel), else by the metadata kernel.
+    const PlanCharge charge = plan_charge(p.batch, p.rows);
+    if (p.batch <= kWarpPlanMaxBatch) {
+      p.plan_in_kernel = true;
+      p.plan_fixed_cost = charge.head + charge.tail;
+      p.plan_fixed_head = charge.head;
+    } else {
+      MetadataParams mp;
+      mp.seqlens = p.seqlens;
+      mp.part_meta = p.part_meta;
+      mp.batch_meta = p.batch_meta;
+      mp.batch = p.batch;
+      mp.num_parts = p.num_parts;
+      mp.fixed_cost = charge.head + charge.tail;
+      mp.fixed_head = charge.head;
+      err = run_metadata(mp, stream);
+      TORCH_CHECK(err == cudaSuccess, "mla_backend metadata kernel failed to launch: ",
+                  cudaGetErrorString(err));
+    }
+  }
+  err = run_decode_main(p, stream);
   TORCH_CHECK(err == cudaSuccess, "mla_backend decode kernel failed to launch: ",
               cudaGetErrorString(err));
   err = run_combine(p, stream);

@@ -16,7 +16,7 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
             double softmax_scale, bool causal, const at::Tensor& out, const at::Tensor& lse,
             const at::Tensor& o_accum, const at::Tensor& lse_accum,
             const std::optional<at::Tensor>& q_pe, const std::optional<at::Tensor>& q_start,
-            int64_t max_q_len);
+            int64_t max_q_len, bool plan);
 
 std::string build_info();
 

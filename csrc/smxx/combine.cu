@@ -4,7 +4,10 @@
 // decode kernel drains and wait for it before reading its pieces). The plan (part_meta,
 // batch_meta) is read before that wait: the metadata kernel that wrote it completed before the
 // decode kernel passed its own wait, and this grid launches only after every decode CTA has
-// passed it, so the plan's round trip overlaps the decode kernel's tail (docs/perf.md v15).
+// passed it, so the plan's round trip overlaps the decode kernel's tail (docs/perf.md v15). A
+// call that plans for itself (plan_in_kernel, small batches) has no metadata kernel: on a small
+// grid each warp computes the plan from seqlens (mla/plan.cuh) before the wait, as the decode
+// kernel did; a larger grid reads the plan the decode kernel wrote, after the wait.
 //
 // - Few pieces per sequence (a large batch): one warp per row, four rows per CTA. A split
 //   sequence is the last sequence of the part where it starts, so the grid is (parts x row
@@ -22,6 +25,7 @@
 
 #include "mla/api.h"
 #include "mla/launch.h"
+#include "mla/plan.cuh"
 #include "mla/ptx.cuh"
 #include "mla/schedule.cuh"
 
@@ -108,6 +112,11 @@ struct LseSum {
   __device__ __forceinline__ float lse() const { return s == 0.f ? -INFINITY : m + logf(s); }
 };
 
+// This warp's plan of the batch, in a call that plans for itself (plan_in_kernel).
+__device__ __forceinline__ WarpPlan combine_plan(const DecodeParams& p) {
+  return warp_plan(p.seqlens, p.batch, p.num_parts, p.plan_fixed_cost, p.plan_fixed_head);
+}
+
 constexpr int kColsPerLane = kDimV / 32;  // warp-per-row kernel: four groups of 4 at lane*4 + 128*j
 constexpr int kRowWarps = 4;
 
@@ -120,6 +129,9 @@ template <bool kExitEarly>
 __global__ void __launch_bounds__(kRowWarps * 32)
     combine_rows_kernel(const __grid_constant__ DecodeParams p) {
   const int part = blockIdx.x;
+  // A self-planned call: the decode kernel wrote the plan (a warp plan in each of this grid's
+  // warps would cost more than the wait; v22).
+  if (p.plan_in_kernel) ptx::griddep_wait();
   const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
   const int b = max(pm.y - 1, 0);  // the part's last sequence (batch >= 1 here)
   const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
@@ -178,7 +190,16 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
   __shared__ float2 red[kThreads / 32];
   const int b = blockIdx.x;
   const int r = blockIdx.y;
-  const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
+  // A self-planned call: on a small grid each warp plans for itself before the wait, on a larger
+  // one the grid waits for the plan the decode kernel wrote (thousands of warp plans cost more
+  // than the wait, v22).
+  int4 bm;
+  if (p.plan_in_kernel && kWarm) {
+    bm = warp_plan_seq(combine_plan(p), b);
+  } else {
+    if (p.plan_in_kernel) ptx::griddep_wait();
+    bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
+  }
   const int num_splits = bm.z;
   const QuerySpan qs = query_span(p, b);
   if (num_splits <= 1 || r >= qs.rows) return;  // whole CTA: no barrier is left waiting

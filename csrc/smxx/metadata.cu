@@ -8,8 +8,10 @@
 // monotone in b, so part q's sequences are the contiguous range of b with first_b <= q <= last_b:
 // b_begin = #{b : end_b <= q T}, b_end = #{b : first_unit_b < (q + 1) T}.
 //
-// Up to kSmemSeqs sequences, end_b and the unit of b's first page live in shared memory and every
-// part finds its range by binary search: one read of seqlens, two block scans, one write of each
+// Up to kWarpPlanMaxBatch sequences, one warp computes the plan in registers (mla/plan.cuh, which
+// the decode and combine kernels of a self-planning call run too); every warp of the CTA does,
+// and they share the writes. Up to kSmemSeqs sequences, end_b and the unit of b's first page
+// live in shared memory and every part finds its range by binary search: one read of seqlens, two block scans, one write of each
 // output; T may be priced up from the equal share (choose_units_per_part). Larger batches take
 // the equal share T0 through global memory (atomics over the parts a sequence touches), slower
 // but with no size limit.
@@ -17,6 +19,7 @@
 #include <cstdint>
 
 #include "mla/api.h"
+#include "mla/plan.cuh"
 #include "mla/ptx.cuh"
 
 namespace mla {
@@ -110,6 +113,7 @@ __device__ __forceinline__ unsigned div_floor(unsigned x, unsigned t, float rcp_
 __device__ int choose_units_per_part(const MetadataParams& p, int total, const int* end_unit,
                                      const int* page0_unit, int* scratch) {
   constexpr int kCandidates = kThreads / 32;
+  static_assert(kCandidates == kPlanCandidates, "one candidate per warp");
   const int t0 = units_per_part(p, total);
   if (int64_t(p.batch) * 4 < p.num_parts) return t0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -127,21 +131,7 @@ __device__ int choose_units_per_part(const MetadataParams& p, int total, const i
   }
   __syncthreads();
   if (warp == 0) {
-    int t = t0 + lane, cuts = lane < kCandidates ? scratch[lane] : INT_MAX;
-    const int used = (total + t - 1) / t;
-    int64_t cost = lane < kCandidates ? t + int64_t(kCutCostPages) * ((cuts + used - 1) / used)
-                                      : INT64_MAX;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const int64_t c2 = __shfl_xor_sync(0xffffffffu, cost, off);
-      const int k2 = __shfl_xor_sync(0xffffffffu, cuts, off);
-      const int t2 = __shfl_xor_sync(0xffffffffu, t, off);
-      if (c2 < cost || (c2 == cost && (k2 < cuts || (k2 == cuts && t2 < t)))) {
-        cost = c2;
-        cuts = k2;
-        t = t2;
-      }
-    }
+    const int t = cheapest_units_per_part(t0, lane < kCandidates ? scratch[lane] : INT_MAX, total);
     __syncwarp();
     if (lane == 0) scratch[0] = t;
   }
@@ -208,6 +198,30 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   }
 }
 
+// Small batches: the warp plan. Warp 0 writes batch_meta, the warps take turns over the parts.
+constexpr int kWarpKernelThreads = 128;
+
+__global__ void __launch_bounds__(kWarpKernelThreads) metadata_warp_kernel(const MetadataParams p) {
+  ptx::griddep_launch_dependents();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const WarpPlan plan = warp_plan(p.seqlens, p.batch, p.num_parts, p.fixed_cost, p.fixed_head);
+  int4* part_meta = reinterpret_cast<int4*>(p.part_meta);
+  int4* batch_meta = reinterpret_cast<int4*>(p.batch_meta);
+  if (warp == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int b = lane + 32 * h;
+      if (b < p.batch) {
+        batch_meta[b] = make_int4(plan.page0[h], plan.first[h], plan.splits[h], plan.slot[h]);
+      }
+    }
+  }
+  for (int q = warp; q < p.num_parts; q += kWarpKernelThreads / 32) {
+    const int4 pm = warp_plan_part(plan, q, p.batch, p.fixed_head);
+    if (lane == 0) part_meta[q] = pm;
+  }
+}
+
 // The equal-share plan (T = T0, no pricing) for any batch size, through global memory.
 __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const MetadataParams p) {
   __shared__ int warp_sums[32];
@@ -271,7 +285,9 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
 }  // namespace
 
 cudaError_t run_metadata(const MetadataParams& params, cudaStream_t stream) {
-  if (params.batch <= kSmemSeqs) {
+  if (params.batch <= kWarpPlanMaxBatch) {
+    metadata_warp_kernel<<<1, kWarpKernelThreads, 0, stream>>>(params);
+  } else if (params.batch <= kSmemSeqs) {
     metadata_smem_kernel<<<1, kThreads, 0, stream>>>(params);
   } else {
     metadata_global_kernel<<<1, kThreads, 0, stream>>>(params);

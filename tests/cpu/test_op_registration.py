@@ -18,9 +18,9 @@ SCHEMAS = {
     ),
     "decode": (
         "mla_backend::decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seqlens, "
-        "Tensor part_meta, Tensor batch_meta, float softmax_scale, bool causal, "
-        "Tensor(a!) out, Tensor(b!) lse, Tensor(c!) o_accum, Tensor(d!) lse_accum, "
-        "Tensor? q_pe=None, Tensor? q_start=None, int max_q_len=0) -> ()"
+        "Tensor(a!) part_meta, Tensor(b!) batch_meta, float softmax_scale, bool causal, "
+        "Tensor(c!) out, Tensor(d!) lse, Tensor(e!) o_accum, Tensor(f!) lse_accum, "
+        "Tensor? q_pe=None, Tensor? q_start=None, int max_q_len=0, bool plan=False) -> ()"
     ),
     "build_info": "mla_backend::build_info() -> str",
 }

@@ -31,7 +31,8 @@ def new_inputs(seqlens, s_q, h_q, seed):
 
 @pytest.mark.parametrize(("s_q", "h_q"), [(1, 16), (2, 128), (4, 3)])
 @pytest.mark.parametrize("causal", [True, False])
-def test_replay_follows_new_contents(s_q, h_q, causal):
+@pytest.mark.parametrize("plan", [False, True])  # True: the decode call plans for itself
+def test_replay_follows_new_contents(s_q, h_q, causal, plan):
     rows = s_q * h_q
     static = new_inputs(ROUNDS[0], s_q, h_q, seed=0)
     batch = len(ROUNDS[0])
@@ -43,10 +44,11 @@ def test_replay_follows_new_contents(s_q, h_q, causal):
     o_accum, lse_accum = ops.decode_workspace(num_parts, rows, "cuda")
 
     def step():
-        ops.get_decode_metadata(static.seqlens, part_meta, batch_meta, rows)
+        if not plan:
+            ops.get_decode_metadata(static.seqlens, part_meta, batch_meta, rows)
         ops.mla_decode(
             static.q, static.kv_cache, static.block_table, static.seqlens, part_meta, batch_meta,
-            SCALE, causal, out, lse, o_accum, lse_accum,
+            SCALE, causal, out, lse, o_accum, lse_accum, plan=plan,
         )  # fmt: skip
 
     side = torch.cuda.Stream()

@@ -34,13 +34,21 @@ def gen(seed: int) -> torch.Generator:
 
 
 def run_decode(
-    inputs, causal: bool, scale: float = SCALE, num_parts: int | None = None, q_halves=None
-):
+    inputs, causal: bool, scale: float = SCALE, num_parts: int | None = None, q_halves=None,
+    plan: bool = False, meta: list | None = None,
+):  # fmt: skip
     """Metadata + decode into NaN-poisoned buffers; returns (out, lse). q_halves: (q, q_pe) to
-    pass instead of inputs.q (the same values, split)."""
+    pass instead of inputs.q (the same values, split). plan: the decode call plans for itself,
+    into metadata buffers of garbage (-7), which `meta` (a list) receives after the call."""
     batch, s_q, h_q, _ = inputs.q.shape
     rows = s_q * h_q
-    part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, rows, num_parts=num_parts)
+    if plan:
+        if num_parts is None:
+            num_parts = ops.num_decode_parts(rows, "cuda", batch=batch)
+        part_meta = torch.full((num_parts, 4), -7, dtype=torch.int32, device="cuda")
+        batch_meta = torch.full((batch, 4), -7, dtype=torch.int32, device="cuda")
+    else:
+        part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, rows, num_parts=num_parts)
     nan = float("nan")
     out = torch.full((batch, s_q, h_q, HEAD_DIM_V), nan, dtype=torch.bfloat16, device="cuda")
     lse = torch.full((batch, s_q, h_q), nan, device="cuda")
@@ -50,8 +58,10 @@ def run_decode(
     q, q_pe = q_halves if q_halves is not None else (inputs.q, None)
     ops.mla_decode(
         q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
-        scale, causal, out, lse, o_accum, lse_accum, q_pe=q_pe,
+        scale, causal, out, lse, o_accum, lse_accum, q_pe=q_pe, plan=plan,
     )  # fmt: skip
+    if meta is not None:
+        meta.extend([part_meta, batch_meta])
     return out, lse
 
 
@@ -165,13 +175,16 @@ def test_split_query(layout, s_q, h_q):
     assert torch.equal(out, whole_out) and torch.equal(lse, whole_lse)
 
 
-def run_varlen(inputs, q_lens, max_q_len, causal=True, num_parts=None, split_pe=False):
+def run_varlen(inputs, q_lens, max_q_len, causal=True, num_parts=None, split_pe=False, plan=False):
     """Varlen decode of the first q_lens[b] tokens of each sequence of inputs.q into
-    NaN-poisoned buffers; returns (q, q_start, out, lse)."""
+    NaN-poisoned buffers; returns (q, q_start, out, lse). plan: as run_decode's."""
     q, q_start = varlen_queries(inputs.q, q_lens)
     tokens, h_q = q.shape[0], q.shape[1]
     rows = max_q_len * h_q
     part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, rows, num_parts=num_parts)
+    if plan:
+        part_meta.fill_(-7)
+        batch_meta.fill_(-7)
     nan = float("nan")
     out = torch.full((tokens, h_q, HEAD_DIM_V), nan, dtype=torch.bfloat16, device="cuda")
     lse = torch.full((tokens, h_q), nan, device="cuda")
@@ -182,7 +195,7 @@ def run_varlen(inputs, q_lens, max_q_len, causal=True, num_parts=None, split_pe=
     ops.mla_decode(
         halves[0], inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
         SCALE, causal, out, lse, o_accum, lse_accum, q_pe=halves[1], q_start=q_start,
-        max_q_len=max_q_len,
+        max_q_len=max_q_len, plan=plan,
     )  # fmt: skip
     return q, q_start, out, lse
 
@@ -287,6 +300,56 @@ def test_combine_kernels(seqlens, h_q, num_parts):
     check(out, lse, inputs, causal=True)
 
 
+def mixed_lengths(batch: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.choice([0, 1, 64, 65, rng.randrange(1, 3000), rng.randrange(1, 9000)])
+            for _ in range(batch)]  # fmt: skip
+
+
+# plan=True: up to 64 sequences the decode and combine kernels plan for themselves (without and
+# with the priced part size, batch * 4 >= num_parts), 65 run the metadata kernel in the call.
+PLAN_CASES = [
+    ([700], 1, 16, None),
+    ([1024, 700, 0, 900, 1, 513, 1024, 64], 1, 32, None),
+    ([1024, 700, 0, 900, 1, 513, 1024, 64], 2, 128, None),
+    ([4096, 3000, 4096, 4000, 64, 4096, 2500, 4096], 1, 64, None),
+    ([0, 0, 0], 1, 16, None),
+    (mixed_lengths(33, 1), 1, 16, None),
+    (mixed_lengths(64, 2), 2, 64, None),
+    (mixed_lengths(64, 3), 1, 128, 7),
+    (mixed_lengths(20, 4), 4, 16, 40),
+    (mixed_lengths(65, 5), 1, 16, None),
+]
+
+
+@pytest.mark.parametrize(("seqlens", "s_q", "h_q", "num_parts"), PLAN_CASES, ids=str)
+def test_plan_in_call(seqlens, s_q, h_q, num_parts):
+    inputs = make_decode_inputs(seqlens, s_q, h_q, device="cuda", generator=gen(13))
+    meta = []
+    out, lse = run_decode(inputs, causal=True, num_parts=num_parts, plan=True, meta=meta)
+    check(out, lse, inputs, causal=True)
+    # The call wrote the plan get_decode_metadata would have, and the same output follows.
+    part_meta, batch_meta = ops.get_mla_metadata(
+        inputs.seqlens, s_q * h_q, num_parts=meta[0].size(0)
+    )
+    assert torch.equal(meta[0], part_meta) and torch.equal(meta[1], batch_meta)
+    out2, lse2 = run_decode(inputs, causal=True, num_parts=meta[0].size(0))
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+@pytest.mark.parametrize("h_q", [16, 128])
+def test_plan_in_call_varlen(h_q):
+    seqlens, q_lens, max_q_len = VARLEN[0]
+    inputs = make_decode_inputs(seqlens, max_q_len, h_q, device="cuda", generator=gen(14))
+    q, q_start, out, lse = run_varlen(inputs, q_lens, max_q_len, plan=True)
+    check_decode_output(
+        out, lse, q, inputs.kv_cache, inputs.block_table, inputs.seqlens, SCALE, True,
+        q_start=q_start,
+    )  # fmt: skip
+    _, _, out2, lse2 = run_varlen(inputs, q_lens, max_q_len)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
 @pytest.mark.parametrize("seqlens", [[8192], [0, 0, 0], [1] * 64, [100, 9000, 3, 4097]], ids=str)
 def test_batches(seqlens):
     inputs = make_decode_inputs(seqlens, 1, 128, device="cuda", generator=gen(3))
@@ -369,10 +432,12 @@ def test_metadata_invariants():
 @pytest.mark.parametrize("rows", [0, 16, 64, 128])  # the charges of reference.plan_charge
 @pytest.mark.parametrize(
     ("batch", "num_parts"),
-    [(1, 132), (7, 3), (64, 66), (300, 1000), (4096, 132), (4097, 132), (5000, 7)],
-)
+    [(1, 132), (7, 3), (8, 132), (33, 132), (40, 66), (64, 66), (64, 132), (65, 132), (300, 1000),
+     (4096, 132), (4097, 132), (5000, 7)],
+)  # fmt: skip
 def test_metadata_matches_reference(batch, num_parts, rows):
-    # Up to 4096 sequences plan in shared memory, more through global memory: both paths.
+    # Up to 64 sequences one warp plans in registers, up to 4096 the CTA in shared memory, more
+    # through global memory: every path.
     rng = random.Random(batch * 1000 + num_parts)
     seqlens = [rng.choice([0, 1, 64, 65, 128, rng.randrange(1, 40000)]) for _ in range(batch)]
     seqlens_t = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
@@ -385,10 +450,10 @@ def test_metadata_matches_reference(batch, num_parts, rows):
 
 
 @pytest.mark.parametrize("rows", [0, 32, 512])
-@pytest.mark.parametrize("batch", [66, 5000])
+@pytest.mark.parametrize("batch", [64, 66, 5000])
 def test_metadata_garbage_lengths_match_reference(batch, rows):
-    # Lengths near INT_MAX sum past int32 in pages: both planners cap the planned pages (through
-    # shared memory up to 4096 sequences, global memory beyond) and agree.
+    # Lengths near INT_MAX sum past int32 in pages: every planner caps the planned pages (one warp
+    # up to 64 sequences, shared memory up to 4096, global memory beyond) and agrees.
     seqlens = ([2**31 - 1, 5, 2**31 - 64, 2**30] * batch)[:batch]
     seqlens_t = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
     part_meta = torch.full((132, 4), -7, dtype=torch.int32, device="cuda")
@@ -429,6 +494,12 @@ def test_opcheck():
         torch.ops.mla_backend.decode.default,
         (inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta, batch_meta,
          SCALE, True, out, lse, o_accum, lse_accum),
+    )  # fmt: skip
+    torch.library.opcheck(
+        torch.ops.mla_backend.decode.default,
+        (inputs.q, inputs.kv_cache, inputs.block_table, inputs.seqlens, part_meta.clone(),
+         batch_meta.clone(), SCALE, True, out, lse, o_accum, lse_accum),
+        {"plan": True},
     )  # fmt: skip
 
 

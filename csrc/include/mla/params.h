@@ -51,6 +51,10 @@ constexpr int kMaxPlanUnits = 1 << 30;
 // up to here; an int32 length never needs more than 2^25 pages).
 constexpr int kMaxTablePages = (1 << 25) - 1;
 
+// Largest batch whose plan one warp computes (mla/plan.cuh): the metadata kernel's fast path, and
+// the batches a decode call plans for itself (two sequences per lane).
+constexpr int kWarpPlanMaxBatch = 64;
+
 // Pages of a sequence of `seqlen` tokens (0 when seqlen <= 0), without the overflow of
 // (seqlen + 63) / 64 near INT_MAX.
 __host__ __device__ constexpr int pages_of(int seqlen) {
@@ -88,8 +92,13 @@ struct DecodeParams {
   // strides are 0 then), s_q their most; tokens of a sequence past s_q are not computed.
   const int* q_start;     // [batch + 1]
   int num_tokens;         // varlen: tokens of q/out; offsets outside [0, num_tokens] are clamped
-  const int* part_meta;   // [num_parts, 4], from the metadata kernel
-  const int* batch_meta;  // [batch, 4], from the metadata kernel
+  // The plan: from the metadata kernel, or, with plan_in_kernel (batch <= kWarpPlanMaxBatch),
+  // computed by the decode kernel, which writes it here for a later call, and by the combine
+  // kernel for itself (mla/plan.cuh), with plan_charge(batch, rows) as the charge.
+  int* part_meta;   // [num_parts, 4]
+  int* batch_meta;  // [batch, 4]
+  bool plan_in_kernel;
+  int plan_fixed_cost, plan_fixed_head;  // plan_in_kernel: the charge's head + tail, and head
 
   // Outputs
   __nv_bfloat16* out;  // [batch, s_q, h_q, 512], last dim contiguous

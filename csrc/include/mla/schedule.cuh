@@ -33,8 +33,9 @@ struct SeqWork {
   int slot;  // workspace slot of this part's piece when num_splits > 1
 };
 
-__device__ __forceinline__ SeqWork seq_work(const DecodeParams& p, int part, int4 pm, int b) {
-  const int4 bm = reinterpret_cast<const int4*>(p.batch_meta)[b];
+// bm: sequence b's row of batch_meta.
+__device__ __forceinline__ SeqWork seq_work(const DecodeParams& p, int part, int4 pm, int b,
+                                            int4 bm) {
   SeqWork w;
   w.batch = b;
   w.seqlen = max(p.seqlens[b], 0);

@@ -36,7 +36,10 @@ constexpr int kOffML = kOffScale + kRows * 4;  // row max, row sum [2][64] fp32,
 constexpr int kOffBar = kOffML + 2 * kRows * 4 + 16;
 constexpr int kBarQ = kStages + 1;  // mbarrier index of the Q tile (TMA)
 constexpr int kOffFlag = kOffBar + (kStages + 2) * 8;  // stage mbarriers, S's own, then Q's
-constexpr int kSmemBytes = kOffFlag + 16 + kSwizzleAlign;
+// A self-planning call (DecodeParams::plan_in_kernel): the part's row of part_meta, then the
+// batch_meta rows of its first and last sequence (those between them are neither split nor cut).
+constexpr int kOffPlan = kOffFlag + 16;
+constexpr int kSmemBytes = kOffPlan + 3 * 16 + kSwizzleAlign;
 
 static_assert(kSmemBytes <= 232448, "shared memory over the sm_90 limit");
 static_assert(kOffKV % kSwizzleAlign == 0 && kOffP % kSwizzleAlign == 0, "atoms must stay 1024-byte aligned");

@@ -20,6 +20,7 @@
 
 #include "mla/epilogue.cuh"
 #include "mla/params.h"
+#include "mla/plan.cuh"
 #include "mla/ptx.cuh"
 #include "mla/schedule.cuh"
 #include "mla/softmax.cuh"
@@ -137,14 +138,61 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Everything above overlaps the metadata kernel (programmatic dependent launch).
   ptx::griddep_wait();
   ptx::griddep_launch_dependents();
+  // A self-planning call: every warp computes the plan from seqlens (the same, in registers;
+  // warp 0 alone would leave ptxas a divergent path before the wgmmas, C7520), thread 0 puts this
+  // part's row of part_meta and the batch_meta rows of its first and last sequence into shared
+  // memory, and the CTAs of row tile 0 write the plan out (each part its part_meta row and the
+  // batch_meta rows of the sequences that start in it).
+  int4* plan_rows = reinterpret_cast<int4*>(smem + kOffPlan);
+  if (p.plan_in_kernel) {
+    const WarpPlan plan = warp_plan(p.seqlens, p.batch, p.num_parts, p.plan_fixed_cost,
+                                    p.plan_fixed_head);
+    const int4 pmq = warp_plan_part(plan, part, p.batch, p.plan_fixed_head);
+    const int4 bm_first = warp_plan_seq(plan, pmq.x);
+    const int4 bm_last = warp_plan_seq(plan, max(pmq.y - 1, 0));
+    if (tid == 0) {
+      plan_rows[0] = pmq;
+      plan_rows[1] = bm_first;
+      plan_rows[2] = bm_last;
+      if (m_tile == 0) reinterpret_cast<int4*>(p.part_meta)[part] = pmq;
+    }
+    if (warp == 0 && m_tile == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int b = lane + 32 * h;
+        if (b < p.batch && plan.first[h] == part) {
+          reinterpret_cast<int4*>(p.batch_meta)[b] =
+              make_int4(plan.page0[h], plan.first[h], plan.splits[h], plan.slot[h]);
+        }
+      }
+    }
+    __syncthreads();
+  }
   if (tid == 0) trace_clock(p, kTrMetaReady);
-  const int4 pm = reinterpret_cast<const int4*>(p.part_meta)[part];
+  // Rows read from shared memory go through a shuffle so that ptxas sees them warp-uniform, as it
+  // does the global loads, and keeps the loop's wgmma pipeline (C7520 otherwise).
+  auto uniform = [](int4 v) {
+    return make_int4(__shfl_sync(0xffffffffu, v.x, 0), __shfl_sync(0xffffffffu, v.y, 0),
+                     __shfl_sync(0xffffffffu, v.z, 0), __shfl_sync(0xffffffffu, v.w, 0));
+  };
+  const int4 pm = p.plan_in_kernel ? uniform(plan_rows[0])
+                                   : reinterpret_cast<const int4*>(p.part_meta)[part];
   if (tid == 0) trace_put(p, kTrNumSeqs, pm.y - pm.x);
   if (pm.x >= pm.y) {
     if (tid == 0) trace_put(p, kTrGlobalOut, global_ns());
     return;
   }
   __syncthreads();
+
+  // Sequence b's batch_meta row. Self-planned, a sequence strictly inside the part's range lies
+  // whole in it (its first unit is past the previous sequence's end, its end before the next
+  // one's start), so one piece from page 0 to its end: no page0 or slot needed.
+  auto batch_row = [&](int b) {
+    if (!p.plan_in_kernel) return reinterpret_cast<const int4*>(p.batch_meta)[b];
+    return b == pm.x       ? uniform(plan_rows[1])
+           : b == pm.y - 1 ? uniform(plan_rows[2])
+                           : make_int4(0, part, 1, 0);
+  };
 
   unsigned long long wait_ticks = 0;  // trace builds: this thread's time in page waits
   uint32_t phase = 0;  // bit s: parity of the next completion of stage s (each warpgroup its own)
@@ -154,7 +202,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   int issued = 0;      // pages consumed so far by this CTA: page n uses stage n % kStages
 
   for (int b = pm.x; b < pm.y; ++b) {
-    const SeqWork w = seq_work(p, part, pm, b);
+    const SeqWork w = seq_work(p, part, pm, b, batch_row(b));
     // A varlen sequence with fewer query rows than this row tile's first: nothing to compute
     // (the combine skips those rows too). Uniform for the CTA, so no barrier is left waiting.
     if (m_tile * kRows >= w.rows) continue;
