@@ -97,9 +97,9 @@ def _need_cuda_sm90(what: str) -> None:
 
 
 class Ours(DecodeImpl):
-    """mla_backend.ops. whole: one ``mla_decode(..., plan=True)`` per step (up to 64 sequences
-    the decode and combine kernels plan for themselves, larger batches run the metadata kernel
-    in the call); with ``MLA_BENCH_WHOLE=metadata`` in the environment when the step is built,
+    """mla_backend.ops. whole: one ``mla_decode(..., plan=True)`` per step (small calls plan
+    inside the decode and combine kernels, larger ones run the metadata kernel in the call);
+    with ``MLA_BENCH_WHOLE=metadata`` in the environment when the step is built,
     ``get_decode_metadata`` then ``mla_decode`` (two calls, the metadata kernel at every batch
     size). kernel: ``mla_decode`` on a plan computed once."""
 

@@ -47,7 +47,7 @@ CASES = [
     ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 1, 16, None),
     ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 1, 64, None),
 ]
-# The same kernels planning for themselves (mla_decode(..., plan=True), up to 64 sequences): the
+# The same kernels planning for themselves (mla_decode(..., plan=True), small calls): the
 # warp plan in the decode kernel and in each combine kernel (<4>, <1> warm, <1> cold, the warp
 # per row kernel after the priced part size).
 PLAN_CASES = [

@@ -233,9 +233,9 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   cudaError_t err = cudaSuccess;
   if (plan) {
     // The plan of these seqlens for this decode's rows, written to part_meta and batch_meta: by
-    // the decode kernel itself for a small batch (no metadata kernel), else by the metadata kernel.
+    // the decode kernel itself for a small call (no metadata kernel), else by the metadata kernel.
     const PlanCharge charge = plan_charge(p.batch, p.rows);
-    if (p.batch <= kWarpPlanMaxBatch) {
+    if (p.batch <= kWarpPlanMaxBatch && int64_t(p.batch) * p.rows <= kPlanInKernelMaxRows) {
       p.plan_in_kernel = true;
       p.plan_fixed_cost = charge.head + charge.tail;
       p.plan_fixed_head = charge.head;

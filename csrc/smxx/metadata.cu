@@ -8,13 +8,13 @@
 // monotone in b, so part q's sequences are the contiguous range of b with first_b <= q <= last_b:
 // b_begin = #{b : end_b <= q T}, b_end = #{b : first_unit_b < (q + 1) T}.
 //
-// Up to kWarpPlanMaxBatch sequences, one warp computes the plan in registers (mla/plan.cuh, which
-// the decode and combine kernels of a self-planning call run too); every warp of the CTA does,
-// and they share the writes. Up to kSmemSeqs sequences, end_b and the unit of b's first page
-// live in shared memory and every part finds its range by binary search: one read of seqlens, two block scans, one write of each
+// Up to kSmemSeqs sequences, end_b and the unit of b's first page live in shared memory and every
+// part finds its range by binary search: one read of seqlens, two block scans, one write of each
 // output; T may be priced up from the equal share (choose_units_per_part). Larger batches take
 // the equal share T0 through global memory (atomics over the parts a sequence touches), slower
-// but with no size limit.
+// but with no size limit. A decode call that plans for itself makes the same plan in one warp
+// (mla/plan.cuh); as a metadata kernel that warp plan measured ~3 µs slower than this one at
+// B = 8 (its parts one after another, v22), so it lives only inside the decode call.
 #include <climits>
 #include <cstdint>
 
@@ -198,30 +198,6 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   }
 }
 
-// Small batches: the warp plan. Warp 0 writes batch_meta, the warps take turns over the parts.
-constexpr int kWarpKernelThreads = 128;
-
-__global__ void __launch_bounds__(kWarpKernelThreads) metadata_warp_kernel(const MetadataParams p) {
-  ptx::griddep_launch_dependents();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const WarpPlan plan = warp_plan(p.seqlens, p.batch, p.num_parts, p.fixed_cost, p.fixed_head);
-  int4* part_meta = reinterpret_cast<int4*>(p.part_meta);
-  int4* batch_meta = reinterpret_cast<int4*>(p.batch_meta);
-  if (warp == 0) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int b = lane + 32 * h;
-      if (b < p.batch) {
-        batch_meta[b] = make_int4(plan.page0[h], plan.first[h], plan.splits[h], plan.slot[h]);
-      }
-    }
-  }
-  for (int q = warp; q < p.num_parts; q += kWarpKernelThreads / 32) {
-    const int4 pm = warp_plan_part(plan, q, p.batch, p.fixed_head);
-    if (lane == 0) part_meta[q] = pm;
-  }
-}
-
 // The equal-share plan (T = T0, no pricing) for any batch size, through global memory.
 __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const MetadataParams p) {
   __shared__ int warp_sums[32];
@@ -285,9 +261,7 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
 }  // namespace
 
 cudaError_t run_metadata(const MetadataParams& params, cudaStream_t stream) {
-  if (params.batch <= kWarpPlanMaxBatch) {
-    metadata_warp_kernel<<<1, kWarpKernelThreads, 0, stream>>>(params);
-  } else if (params.batch <= kSmemSeqs) {
+  if (params.batch <= kSmemSeqs) {
     metadata_smem_kernel<<<1, kThreads, 0, stream>>>(params);
   } else {
     metadata_global_kernel<<<1, kThreads, 0, stream>>>(params);

@@ -306,8 +306,9 @@ def mixed_lengths(batch: int, seed: int) -> list[int]:
             for _ in range(batch)]  # fmt: skip
 
 
-# plan=True: up to 64 sequences the decode and combine kernels plan for themselves (without and
-# with the priced part size, batch * 4 >= num_parts), 65 run the metadata kernel in the call.
+# plan=True: up to 64 sequences and 2048 rows in all the decode and combine kernels plan for
+# themselves (without and with the priced part size, batch * 4 >= num_parts); more sequences or
+# rows run the metadata kernel in the call.
 PLAN_CASES = [
     ([700], 1, 16, None),
     ([1024, 700, 0, 900, 1, 513, 1024, 64], 1, 32, None),
@@ -315,6 +316,7 @@ PLAN_CASES = [
     ([4096, 3000, 4096, 4000, 64, 4096, 2500, 4096], 1, 64, None),
     ([0, 0, 0], 1, 16, None),
     (mixed_lengths(33, 1), 1, 16, None),
+    (mixed_lengths(64, 6), 1, 32, None),
     (mixed_lengths(64, 2), 2, 64, None),
     (mixed_lengths(64, 3), 1, 128, 7),
     (mixed_lengths(20, 4), 4, 16, 40),
@@ -436,8 +438,8 @@ def test_metadata_invariants():
      (4096, 132), (4097, 132), (5000, 7)],
 )  # fmt: skip
 def test_metadata_matches_reference(batch, num_parts, rows):
-    # Up to 64 sequences one warp plans in registers, up to 4096 the CTA in shared memory, more
-    # through global memory: every path.
+    # Up to 4096 sequences the CTA plans in shared memory, more through global memory: both paths
+    # (test_plan_in_call holds the decode call's own warp plan to this one).
     rng = random.Random(batch * 1000 + num_parts)
     seqlens = [rng.choice([0, 1, 64, 65, 128, rng.randrange(1, 40000)]) for _ in range(batch)]
     seqlens_t = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
@@ -452,8 +454,8 @@ def test_metadata_matches_reference(batch, num_parts, rows):
 @pytest.mark.parametrize("rows", [0, 32, 512])
 @pytest.mark.parametrize("batch", [64, 66, 5000])
 def test_metadata_garbage_lengths_match_reference(batch, rows):
-    # Lengths near INT_MAX sum past int32 in pages: every planner caps the planned pages (one warp
-    # up to 64 sequences, shared memory up to 4096, global memory beyond) and agrees.
+    # Lengths near INT_MAX sum past int32 in pages: both planners cap the planned pages (through
+    # shared memory up to 4096 sequences, global memory beyond) and agree.
     seqlens = ([2**31 - 1, 5, 2**31 - 64, 2**30] * batch)[:batch]
     seqlens_t = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
     part_meta = torch.full((132, 4), -7, dtype=torch.int32, device="cuda")

@@ -51,9 +51,14 @@ constexpr int kMaxPlanUnits = 1 << 30;
 // up to here; an int32 length never needs more than 2^25 pages).
 constexpr int kMaxTablePages = (1 << 25) - 1;
 
-// Largest batch whose plan one warp computes (mla/plan.cuh): the metadata kernel's fast path, and
-// the batches a decode call plans for itself (two sequences per lane).
+// A decode call with plan=True plans inside its kernels (one warp plan, mla/plan.cuh: two
+// sequences per lane) up to kWarpPlanMaxBatch sequences and kPlanInKernelMaxRows query rows in
+// all (batch x s_q x h_q); larger calls run the metadata kernel first. Against the metadata
+// kernel, in two grid runs (docs/perf.md v22): 1.02-1.03x up to 2048 rows in all, 0.97-0.99x at
+// 4096-16384 (B = 8 x 512 rows, B = 32 x 128-512 rows: thousands of CTAs each planning, and the
+// combine's per-warp kernel waiting before it reads the plan).
 constexpr int kWarpPlanMaxBatch = 64;
+constexpr int64_t kPlanInKernelMaxRows = 2048;
 
 // Pages of a sequence of `seqlen` tokens (0 when seqlen <= 0), without the overflow of
 // (seqlen + 63) / 64 near INT_MAX.
@@ -92,7 +97,7 @@ struct DecodeParams {
   // strides are 0 then), s_q their most; tokens of a sequence past s_q are not computed.
   const int* q_start;     // [batch + 1]
   int num_tokens;         // varlen: tokens of q/out; offsets outside [0, num_tokens] are clamped
-  // The plan: from the metadata kernel, or, with plan_in_kernel (batch <= kWarpPlanMaxBatch),
+  // The plan: from the metadata kernel, or, with plan_in_kernel (see kPlanInKernelMaxRows),
   // computed by the decode kernel, which writes it here for a later call, and by the combine
   // kernel for itself (mla/plan.cuh), with plan_charge(batch, rows) as the charge.
   int* part_meta;   // [num_parts, 4]

@@ -3,8 +3,8 @@
 // same plan as the metadata kernel's shared-memory version (docs/design.md): each sequence's
 // units end to end (its charge's head, its pages, its charge's tail), the units per part priced
 // up from the equal share when the batch is large enough to gain from it, the part ranges by
-// count. Used by the metadata kernel for small batches, and by the decode and combine kernels of
-// a call that plans for itself (DecodeParams::plan_in_kernel), which then need no metadata kernel.
+// count. Used by the decode and combine kernels of a call that plans for itself
+// (DecodeParams::plan_in_kernel), which then need no metadata kernel.
 #pragma once
 
 #include <climits>
