@@ -155,12 +155,22 @@ def get_mla_metadata(
     ``(tile_scheduler_metadata, num_splits)``. Allocates; not for CUDA-graph capture.
     """
     rows = num_q_tokens_per_head_k * num_heads_k
-    device = cache_seqlens.device
-    if num_parts is None:
-        num_parts = num_decode_parts(rows, device, batch=cache_seqlens.size(0))
-    part_meta = torch.empty((num_parts, 4), dtype=torch.int32, device=device)
-    batch_meta = torch.empty((cache_seqlens.size(0), 4), dtype=torch.int32, device=device)
+    part_meta, batch_meta = _metadata_buffers(
+        cache_seqlens.size(0), rows, cache_seqlens.device, num_parts
+    )
     get_decode_metadata(cache_seqlens, part_meta, batch_meta, rows)
+    return part_meta, batch_meta
+
+
+def _metadata_buffers(
+    batch: int, rows: int, device: DeviceLike, num_parts: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Uninitialised ``part_meta [num_parts, 4]`` and ``batch_meta [batch, 4]`` int32 (default
+    ``num_parts``: ``num_decode_parts``)."""
+    if num_parts is None:
+        num_parts = num_decode_parts(rows, device, batch=batch)
+    part_meta = torch.empty((num_parts, 4), dtype=torch.int32, device=device)
+    batch_meta = torch.empty((batch, 4), dtype=torch.int32, device=device)
     return part_meta, batch_meta
 
 
@@ -308,9 +318,7 @@ def flash_mla_with_kvcache(
         softmax_scale = HEAD_DIM_QK**-0.5
     plan = tile_scheduler_metadata is None or num_splits is None
     if plan:
-        num_parts = num_decode_parts(s_q * h_q, q.device, batch=batch)
-        tile_scheduler_metadata = torch.empty((num_parts, 4), dtype=torch.int32, device=q.device)
-        num_splits = torch.empty((batch, 4), dtype=torch.int32, device=q.device)
+        tile_scheduler_metadata, num_splits = _metadata_buffers(batch, s_q * h_q, q.device)
     out = torch.empty((batch, s_q, h_q, HEAD_DIM_V), dtype=torch.bfloat16, device=q.device)
     lse = torch.empty((batch, s_q, h_q), dtype=torch.float32, device=q.device)
     o_accum, lse_accum = decode_workspace(tile_scheduler_metadata.size(0), s_q * h_q, q.device)

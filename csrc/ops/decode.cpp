@@ -234,23 +234,13 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   if (plan) {
     // The plan of these seqlens for this decode's rows, written to part_meta and batch_meta: by
     // the decode kernel itself for a small call (no metadata kernel), else by the metadata kernel.
-    const PlanCharge charge = plan_charge(p.batch, p.rows);
     if (p.batch <= kWarpPlanMaxBatch && int64_t(p.batch) * p.rows <= kPlanInKernelMaxRows) {
+      const PlanCharge charge = plan_charge(p.batch, p.rows);
       p.plan_in_kernel = true;
       p.plan_fixed_cost = charge.head + charge.tail;
       p.plan_fixed_head = charge.head;
     } else {
-      MetadataParams mp;
-      mp.seqlens = p.seqlens;
-      mp.part_meta = p.part_meta;
-      mp.batch_meta = p.batch_meta;
-      mp.batch = p.batch;
-      mp.num_parts = p.num_parts;
-      mp.fixed_cost = charge.head + charge.tail;
-      mp.fixed_head = charge.head;
-      err = run_metadata(mp, stream);
-      TORCH_CHECK(err == cudaSuccess, "mla_backend metadata kernel failed to launch: ",
-                  cudaGetErrorString(err));
+      launch_metadata(p.seqlens, p.part_meta, p.batch_meta, p.batch, p.num_parts, p.rows, stream);
     }
   }
   err = run_decode_main(p, stream);

@@ -40,16 +40,23 @@ void get_decode_metadata(const at::Tensor& seqlens, const at::Tensor& part_meta,
   check_sm90(seqlens);
 
   const c10::cuda::CUDAGuard guard(seqlens.device());
+  launch_metadata(seqlens.data_ptr<int>(), part_meta.data_ptr<int>(), batch_meta.data_ptr<int>(),
+                  static_cast<int>(batch), static_cast<int>(part_meta.size(0)), rows,
+                  at::cuda::getCurrentCUDAStream());
+}
+
+void launch_metadata(const int* seqlens, int* part_meta, int* batch_meta, int batch,
+                     int num_parts, int64_t rows, cudaStream_t stream) {
   MetadataParams params;
-  params.seqlens = seqlens.data_ptr<int>();
-  params.part_meta = part_meta.data_ptr<int>();
-  params.batch_meta = batch_meta.data_ptr<int>();
-  params.batch = static_cast<int>(batch);
-  params.num_parts = static_cast<int>(part_meta.size(0));
+  params.seqlens = seqlens;
+  params.part_meta = part_meta;
+  params.batch_meta = batch_meta;
+  params.batch = batch;
+  params.num_parts = num_parts;
   const PlanCharge charge = plan_charge(batch, rows);
   params.fixed_cost = charge.head + charge.tail;
   params.fixed_head = charge.head;
-  const cudaError_t err = run_metadata(params, at::cuda::getCurrentCUDAStream());
+  const cudaError_t err = run_metadata(params, stream);
   TORCH_CHECK(err == cudaSuccess, "mla_backend metadata kernel failed to launch: ",
               cudaGetErrorString(err));
 }

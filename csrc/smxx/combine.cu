@@ -112,11 +112,6 @@ struct LseSum {
   __device__ __forceinline__ float lse() const { return s == 0.f ? -INFINITY : m + logf(s); }
 };
 
-// This warp's plan of the batch, in a call that plans for itself (plan_in_kernel).
-__device__ __forceinline__ WarpPlan combine_plan(const DecodeParams& p) {
-  return warp_plan(p.seqlens, p.batch, p.num_parts, p.plan_fixed_cost, p.plan_fixed_head);
-}
-
 constexpr int kColsPerLane = kDimV / 32;  // warp-per-row kernel: four groups of 4 at lane*4 + 128*j
 constexpr int kRowWarps = 4;
 
@@ -195,7 +190,9 @@ __global__ void __launch_bounds__(kGroups * kDimV / 4)
   // than the wait, v22).
   int4 bm;
   if (p.plan_in_kernel && kWarm) {
-    bm = warp_plan_seq(combine_plan(p), b);
+    const WarpPlan plan =
+        warp_plan(p.seqlens, p.batch, p.num_parts, p.plan_fixed_cost, p.plan_fixed_head);
+    bm = warp_plan_seq(plan, b);
   } else {
     if (p.plan_in_kernel) ptx::griddep_wait();
     bm = reinterpret_cast<const int4*>(p.batch_meta)[b];

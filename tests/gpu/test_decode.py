@@ -467,13 +467,21 @@ def test_metadata_garbage_lengths_match_reference(batch, rows):
 
 
 @pytest.mark.parametrize("h_q", [16, 128])
-def test_garbage_lengths_poison_only_their_sequences(h_q):
-    # Lengths far past the block table (2^31 - 1 tokens, 2^25 pages, in 70 of 72 sequences):
+@pytest.mark.parametrize(("garbage", "plan"), [(70, False), (6, True)])
+def test_garbage_lengths_poison_only_their_sequences(h_q, garbage, plan):
+    # Lengths far past the block table (2^31 - 1 tokens, 2^25 pages, in all but two sequences):
     # the plan stays in range, no page past the table is read, the kernel stops at the table's
     # end instead of walking 2^25 pages, those sequences come out NaN and the others are right.
-    inputs = make_decode_inputs([700, 130] + [1] * 70, 1, h_q, device="cuda", generator=gen(12))
+    # plan=True with 8 sequences: the decode call's warp plan caps the lengths as the metadata
+    # kernel does (the same plan).
+    seqlens = [700, 130] + [1] * garbage
+    inputs = make_decode_inputs(seqlens, 1, h_q, device="cuda", generator=gen(12))
     inputs.seqlens[2:] = 2**31 - 1
-    out, lse = run_decode(inputs, causal=True)
+    meta = []
+    out, lse = run_decode(inputs, causal=True, plan=plan, meta=meta)
+    if plan:
+        part_meta, batch_meta = ops.get_mla_metadata(inputs.seqlens, h_q, num_parts=len(meta[0]))
+        assert torch.equal(meta[0], part_meta) and torch.equal(meta[1], batch_meta)
     assert out[2:].float().isnan().all() and lse[2:].isnan().all()
     keep = [0, 1]
     check_decode_output(
