@@ -101,7 +101,9 @@ class Ours(DecodeImpl):
     inside the decode and combine kernels, larger ones run the metadata kernel in the call);
     with ``MLA_BENCH_WHOLE=metadata`` in the environment when the step is built,
     ``get_decode_metadata`` then ``mla_decode`` (two calls, the metadata kernel at every batch
-    size). kernel: ``mla_decode`` on a plan computed once."""
+    size); with ``MLA_BENCH_WHOLE=kernel``, ``mla_decode`` on the plan computed once (the path of
+    vLLM's backend, whose layers share a step's plan: for in-process A/B of that path). kernel:
+    ``mla_decode`` on a plan computed once."""
 
     name = "ours"
     _ops = None
@@ -163,9 +165,12 @@ class Ours(DecodeImpl):
         )
 
     def whole(self, i: int) -> None:
-        if os.environ.get("MLA_BENCH_WHOLE") == "metadata":
+        mode = os.environ.get("MLA_BENCH_WHOLE")
+        if mode == "metadata":
             self._ops.get_decode_metadata(self.d.seqlens, *self.meta_step, self.d.case.rows)
             self._decode(i, self.meta_step)
+        elif mode == "kernel":
+            self._decode(i, self.meta)
         else:
             self._decode(i, self.meta_step, plan=True)
 

@@ -176,6 +176,36 @@ def test_adapters_match_reference():
             impl.kernel(1)
 
 
+def test_ours_whole_step_modes(monkeypatch):
+    """MLA_BENCH_WHOLE picks ours' step: one plan=True call (default), the metadata kernel then
+    the decode, or the decode alone on the plan computed at construction."""
+    _install_fakes()
+    ops = di.Ours._ops
+    calls = []
+    decode = ops.mla_decode
+    monkeypatch.setattr(ops, "get_decode_metadata", lambda s, pm, bm, rows: calls.append("meta"))
+
+    def spy(q, kv, bt, seqlens, pm, bm, *rest, plan=False):
+        calls.append(("decode", plan, pm.data_ptr() == impl.meta[0].data_ptr()))
+        decode(q, kv, bt, seqlens, pm, bm, *rest, plan=plan)
+
+    monkeypatch.setattr(ops, "mla_decode", spy)
+    impl = di.Ours(_data(1), di.ImplOptions())
+    expected = {
+        None: [("decode", True, False)],
+        "metadata": ["meta", ("decode", False, False)],
+        "kernel": [("decode", False, True)],
+    }
+    for mode, want in expected.items():
+        if mode is None:
+            monkeypatch.delenv("MLA_BENCH_WHOLE", raising=False)
+        else:
+            monkeypatch.setenv("MLA_BENCH_WHOLE", mode)
+        calls.clear()
+        impl.whole(0)
+        assert calls == want, (mode, calls)
+
+
 def test_sets_are_distinct_and_block_tables_valid():
     data = _data(2, n_sets=3)
     pages = [set(bt[bt >= 0].tolist()) for bt in data.block_tables]

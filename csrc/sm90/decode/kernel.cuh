@@ -97,6 +97,10 @@ __device__ __forceinline__ void wait_full(uint64_t* bars, uint32_t& phase, int s
   phase ^= 1u << s;
 }
 
+// kPlan: the call plans for itself (DecodeParams::plan_in_kernel). A template parameter, so that
+// the kernel of a call given its plan (vLLM's layers share one per step) carries none of the
+// self-planning code: 1.023x on that path in process at B = 1-8, up to 1.05x (docs/perf.md v23).
+template <bool kPlan>
 __global__ void __launch_bounds__(kThreads, 1)
     decode_kernel(const __grid_constant__ DecodeParams p,
                   const __grid_constant__ CUtensorMap tmap,
@@ -144,7 +148,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // memory, and the CTAs of row tile 0 write the plan out (each part its part_meta row and the
   // batch_meta rows of the sequences that start in it).
   int4* plan_rows = reinterpret_cast<int4*>(smem + kOffPlan);
-  if (p.plan_in_kernel) {
+  if constexpr (kPlan) {
     const WarpPlan plan = warp_plan(p.seqlens, p.batch, p.num_parts, p.plan_fixed_cost,
                                     p.plan_fixed_head);
     const int4 pmq = warp_plan_part(plan, part, p.batch, p.plan_fixed_head);
@@ -175,8 +179,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     return make_int4(__shfl_sync(0xffffffffu, v.x, 0), __shfl_sync(0xffffffffu, v.y, 0),
                      __shfl_sync(0xffffffffu, v.z, 0), __shfl_sync(0xffffffffu, v.w, 0));
   };
-  const int4 pm = p.plan_in_kernel ? uniform(plan_rows[0])
-                                   : reinterpret_cast<const int4*>(p.part_meta)[part];
+  int4 pm;
+  if constexpr (kPlan) {
+    pm = uniform(plan_rows[0]);
+  } else {
+    pm = reinterpret_cast<const int4*>(p.part_meta)[part];
+  }
   if (tid == 0) trace_put(p, kTrNumSeqs, pm.y - pm.x);
   if (pm.x >= pm.y) {
     if (tid == 0) trace_put(p, kTrGlobalOut, global_ns());
@@ -187,11 +195,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Sequence b's batch_meta row. Self-planned, a sequence strictly inside the part's range lies
   // whole in it (its first unit is past the previous sequence's end, its end before the next
   // one's start), so one piece from page 0 to its end: no page0 or slot needed.
-  auto batch_row = [&](int b) {
-    if (!p.plan_in_kernel) return reinterpret_cast<const int4*>(p.batch_meta)[b];
-    return b == pm.x       ? uniform(plan_rows[1])
-           : b == pm.y - 1 ? uniform(plan_rows[2])
-                           : make_int4(0, part, 1, 0);
+  auto batch_row = [&](int b) -> int4 {
+    if constexpr (kPlan) {
+      return b == pm.x       ? uniform(plan_rows[1])
+             : b == pm.y - 1 ? uniform(plan_rows[2])
+                             : make_int4(0, part, 1, 0);
+    } else {
+      return reinterpret_cast<const int4*>(p.batch_meta)[b];
+    }
   };
 
   unsigned long long wait_ticks = 0;  // trace builds: this thread's time in page waits

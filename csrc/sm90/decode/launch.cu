@@ -30,7 +30,7 @@ cudaError_t launch_traced(const DecodeParams& params, const CUtensorMap& tmap,
   if (err != cudaSuccess) return err;
   err = cudaMemsetAsync(tp.trace, 0, n * sizeof(unsigned long long), stream);
   if (err == cudaSuccess) {
-    err = launch_pdl(decode_kernel, grid, dim3(kThreads), kSmemBytes, stream, tp, tmap, qmaps);
+    err = launch_pdl(tp.plan_in_kernel ? decode_kernel<true> : decode_kernel<false>, grid, dim3(kThreads), kSmemBytes, stream, tp, tmap, qmaps);
   }
   std::vector<unsigned long long> host(n);
   if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
@@ -60,8 +60,10 @@ cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream) {
   DecodeParams kp = params;
   sm90::QTensorMaps qmaps{};
   kp.q_tma = sm90::make_q_tensor_maps(kp, &qmaps);
-  static bool smem_set[64] = {};
-  err = sm90::ensure_smem_limit(reinterpret_cast<const void*>(decode_kernel), kSmemBytes, smem_set);
+  static bool smem_set[2][64] = {};  // per instantiation, per device
+  const auto kernel = kp.plan_in_kernel ? decode_kernel<true> : decode_kernel<false>;
+  err = sm90::ensure_smem_limit(reinterpret_cast<const void*>(kernel), kSmemBytes,
+                                smem_set[kp.plan_in_kernel]);
   if (err != cudaSuccess) return err;
   const dim3 grid(params.num_m_tiles, params.num_parts);
 #ifdef MLA_TRACE_BUILD
@@ -70,7 +72,7 @@ cudaError_t run_decode_main(const DecodeParams& params, cudaStream_t stream) {
     return launch_traced(kp, tmap, qmaps, grid, stream, trace_path);
   }
 #endif
-  return launch_pdl(decode_kernel, grid, dim3(kThreads), kSmemBytes, stream, kp, tmap, qmaps);
+  return launch_pdl(kernel, grid, dim3(kThreads), kSmemBytes, stream, kp, tmap, qmaps);
 }
 
 }  // namespace mla
