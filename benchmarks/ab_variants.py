@@ -6,8 +6,9 @@
 A variant is ``name:K=V,K=V,...``: environment variables set while its decode calls are built
 and captured (a launcher that reads a knob from the environment bakes it into the graph; the
 committed kernels read none, so knobs are for experiment builds), and ``parts=N`` or
-``parts=/k`` for a split-KV part count of N, or the default one divided by k. Every (case,
-variant) is one CUDA graph over the benchmark's rotating input sets (cold L2, as
+``parts=/k`` for a split-KV part count of N, or the default one divided by k. A case's cache
+lengths are those of the benchmark grid's case of the same name (``bench_utils.grid_lengths``).
+Every (case, variant) is one CUDA graph over the benchmark's rotating input sets (cold L2, as
 bench_decode.py); the rounds replay the variants interleaved, and each variant's time is the
 median over the rounds of (replay time / calls), whole decode step. Timing noise between
 processes reaches ~8% on single cases; inside one process, with the variants interleaved, the
@@ -37,8 +38,8 @@ if REPO_ROOT not in sys.path:
 from bench_utils import (  # noqa: E402
     Case,
     case_seed,
+    grid_lengths,
     kv_bytes,
-    make_lengths,
     out_bytes,
     q_bytes,
     rotation_sets,
@@ -151,7 +152,7 @@ def run(args, *, device="cuda", capture=_cuda_capture, timer=None, l2_bytes=None
     for spec in args.cases:
         heads, s_q, batch, context, dist = parse_case(spec)
         seed = case_seed(args.seed, heads, s_q, batch, context, dist)
-        lengths = tuple(make_lengths(dist, batch, context, s_q, seed))
+        lengths = tuple(grid_lengths(dist, batch, context, s_q, args.seed))  # the grid's case
         case = Case(heads, s_q, batch, context, dist, lengths)
         set_bytes = kv_bytes(lengths) + q_bytes(batch, s_q, heads) + out_bytes(batch, s_q, heads)
         budget = int(args.mem_budget_gb * 1e9)

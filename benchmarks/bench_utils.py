@@ -88,6 +88,14 @@ def make_lengths(dist: str, batch: int, context: int, s_q: int, seed: int) -> li
     return lengths
 
 
+def grid_lengths(dist: str, batch: int, context: int, s_q: int, seed: int = 0) -> list[int]:
+    """The cache lengths of the grid's case (``build_cases`` with ``seed``): seeded by batch,
+    context and s_q, not by the head count or the distribution, so that every head count of a
+    (dist, batch, context, s_q) meets the same lengths. Scripts that rerun a grid case
+    (ab_variants.py, trace_decode.py) take its lengths from here."""
+    return make_lengths(dist, batch, context, s_q, case_seed(seed, batch, context, s_q))
+
+
 def build_cases(
     heads: Iterable[int],
     s_qs: Iterable[int],
@@ -106,7 +114,7 @@ def build_cases(
             for s_q in s_qs:
                 for b in batches:
                     for ctx in contexts:
-                        lengths = make_lengths(dist, b, ctx, s_q, case_seed(seed, b, ctx, s_q))
+                        lengths = grid_lengths(dist, b, ctx, s_q, seed)
                         if dist != "uniform" and lengths == make_lengths("uniform", b, ctx, s_q, 0):
                             continue
                         cases.append(Case(h, s_q, b, ctx, dist, tuple(lengths)))

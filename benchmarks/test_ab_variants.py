@@ -15,8 +15,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ab_variants as ab  # noqa: E402
+import bench_utils  # noqa: E402
 import decode_impls as di  # noqa: E402
 import test_decode_impls as tdi  # noqa: E402
+import trace_decode  # noqa: E402
 
 
 def test_parse_variant():
@@ -96,6 +98,30 @@ def test_run_end_to_end_with_stand_ins(monkeypatch):
     ]
     assert all(r["speedup"] == 1.0 and r["max_diff"] == 0 and r["num_parts"] == 4 for r in rows)
     assert set(seen) == {None, "1"} and os.environ.get("MLA_FAKE_KNOB") is None
+
+
+def test_cases_are_the_grids(monkeypatch):
+    # "32,1,8,1024,skewed" here is that case of the grid: the same lengths (the grid seeds them by
+    # batch, context and s_q; this script once seeded them by the whole case, heads included, so
+    # its skewed cases were other batches than the grid's, 2026-12-03), and trace_decode.py too.
+    tdi._install_fakes()
+    seen = []
+    real_init = di.Ours.__init__
+
+    def init(self, data, opts):
+        seen.append(data.case.lengths)
+        real_init(self, data, opts)
+
+    monkeypatch.setattr(di.Ours, "__init__", init)
+    args = ab.argparse.Namespace(
+        cases=["32,1,8,1024,skewed"], variants=["base:"],
+        rounds=1, replay_ms=1.0, seed=0, mem_budget_gb=1.0, max_sets=1,
+    )  # fmt: skip
+    ab.run(args, device="cpu", capture=lambda fn: fn, timer=lambda fn: 1e-3, l2_bytes=1)
+    (grid_case,) = bench_utils.build_cases([32], [1], [8], [1024], ["skewed"], 0)
+    assert seen and all(lengths == grid_case.lengths for lengths in seen)
+    assert tuple(trace_decode.case_lengths(32, 1, 8, 1024, "skewed")) == grid_case.lengths
+    assert len(set(grid_case.lengths)) > 1
 
 
 def test_a_build_on_pythonpath_wins(tmp_path):

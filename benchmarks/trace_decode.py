@@ -5,7 +5,7 @@
 
 A case is ``heads,s_q,batch,context[,dist[,parts]]`` (causal): dist ``uniform`` (the default),
 ``skewed`` or ``onelong``, with the lengths the benchmark grid draws for that case
-(``bench_utils.make_lengths`` and ``case_seed`` with seed 0); parts, the split-KV part count
+(``bench_utils.grid_lengths``, seed 0); parts, the split-KV part count
 (default: the one ``ops.get_mla_metadata`` picks). Each case runs metadata +
 decode eagerly a few times, then three calls with ``MLA_TRACE_FILE`` set, whose decode kernel
 writes, per CTA, its global-timer entry and exit and the clock of its events (the layout is in
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_utils import case_seed, make_lengths  # noqa: E402
+from bench_utils import grid_lengths  # noqa: E402
 
 MAGIC = 0x54414C4D  # 'MLAT'
 SLOTS = 64
@@ -153,7 +153,7 @@ def require_trace_build() -> None:
 
 def case_lengths(heads: int, s_q: int, batch: int, context: int, dist: str) -> list[int]:
     """The cache lengths the benchmark grid uses for this case."""
-    return make_lengths(dist, batch, context, s_q, case_seed(0, heads, s_q, batch, context, dist))
+    return grid_lengths(dist, batch, context, s_q)
 
 
 def run_case(
