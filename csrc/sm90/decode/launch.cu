@@ -30,7 +30,8 @@ cudaError_t launch_traced(const DecodeParams& params, const CUtensorMap& tmap,
   if (err != cudaSuccess) return err;
   err = cudaMemsetAsync(tp.trace, 0, n * sizeof(unsigned long long), stream);
   if (err == cudaSuccess) {
-    err = launch_pdl(tp.plan_in_kernel ? decode_kernel<true> : decode_kernel<false>, grid, dim3(kThreads), kSmemBytes, stream, tp, tmap, qmaps);
+    const auto kernel = tp.plan_in_kernel ? decode_kernel<true> : decode_kernel<false>;
+    err = launch_pdl(kernel, grid, dim3(kThreads), kSmemBytes, stream, tp, tmap, qmaps);
   }
   std::vector<unsigned long long> host(n);
   if (err == cudaSuccess) err = cudaStreamSynchronize(stream);
