@@ -230,7 +230,6 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   p.trace = nullptr;  // set by the launcher of a trace build only
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  cudaError_t err = cudaSuccess;
   if (plan) {
     // The plan of these seqlens for this decode's rows, written to part_meta and batch_meta: by
     // the decode kernel itself for a small call (no metadata kernel), else by the metadata kernel.
@@ -243,7 +242,7 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
       launch_metadata(p.seqlens, p.part_meta, p.batch_meta, p.batch, p.num_parts, p.rows, stream);
     }
   }
-  err = run_decode_main(p, stream);
+  cudaError_t err = run_decode_main(p, stream);
   TORCH_CHECK(err == cudaSuccess, "mla_backend decode kernel failed to launch: ",
               cudaGetErrorString(err));
   err = run_combine(p, stream);
