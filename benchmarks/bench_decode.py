@@ -2,7 +2,8 @@
 
 For each case it first checks every implementation's output against the fp32 reference, then
 times the whole per-step cost (scheduler metadata + kernels) and the kernels alone, with CUDA
-graphs over rotating input sets (cold L2). Writes a CSV, a text table and plots. Method:
+graphs over rotating input sets (cold L2), every implementation's samples taken in turn.
+Writes a CSV, a text table and plots. Method:
 docs/bench.md; usage: benchmarks/README.md.
 """
 
@@ -16,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +95,17 @@ def _time_once(run) -> float:
     return start.elapsed_time(end) * 1e-3
 
 
-def time_calls(
+@dataclass
+class Sampler:
+    """A prepared timing: ``sample()`` runs one timed sample and returns its seconds."""
+
+    sample: Callable[[], float]
+    calls: int  # calls per sample
+    reps: int  # samples to take
+    method: str
+
+
+def prepare_timing(
     fns: list,
     *,
     budget_s: float,
@@ -102,12 +114,12 @@ def time_calls(
     min_replay_s: float,
     max_calls: int = 4096,
     use_graph: bool = True,
-) -> Timing:
-    """Median per-call time of cycling through ``fns`` (one per input set).
+) -> Sampler:
+    """Capture the calls of cycling through ``fns`` (one per input set) for timing.
 
     One CUDA graph captures ``calls`` back-to-back calls (a multiple of ``len(fns)``, aiming at
     ``min_replay_s`` per replay); each sample, timed with CUDA events, replays it enough times
-    to last ``min_replay_s``; samples are taken until ``budget_s`` is spent (``min_reps`` to
+    to last ``min_replay_s``; ``reps`` samples spend about ``budget_s`` (``min_reps`` to
     ``max_reps``). If capture fails, the same loop runs eagerly (method says so).
     """
     n = len(fns)
@@ -149,8 +161,38 @@ def time_calls(
             run()
 
     reps = max(min_reps, min(max_reps, int(budget_s / (first * inner))))
-    times = [_time_once(sample) for _ in range(reps)]
-    return Timing(statistics.median(times) / (calls * inner) * 1e6, method, calls * inner, reps)
+    return Sampler(lambda: _time_once(sample), calls * inner, reps, method)
+
+
+def _timing(sampler: Sampler, times: list[float]) -> Timing:
+    return Timing(
+        statistics.median(times) / sampler.calls * 1e6, sampler.method, sampler.calls, len(times)
+    )
+
+
+def time_calls(fns: list, **kw) -> Timing:
+    """Median per-call time of cycling through ``fns``: ``prepare_timing``, then its samples."""
+    sampler = prepare_timing(fns, **kw)
+    return _timing(sampler, [sampler.sample() for _ in range(sampler.reps)])
+
+
+def time_interleaved(samplers: list[Sampler]) -> list[Timing | Exception]:
+    """The samples of several prepared timings taken round robin (one of each in turn, each
+    up to its own ``reps``), so that every one is timed across the same stretch of the run: the
+    GPU's clock under its power limit drifts over a case's seconds of compute-bound work, and
+    timing the implementations one after another let the first ones run cooler (docs/perf.md
+    v24: our whole step measured first read up to 12% faster than our kernels alone measured
+    right after it, at 128 heads). A sampler that raises gets its exception in its place."""
+    times: list[list[float]] = [[] for _ in samplers]
+    failed: list[Exception | None] = [None] * len(samplers)
+    for r in range(max((s.reps for s in samplers), default=0)):
+        for i, s in enumerate(samplers):
+            if failed[i] is None and r < s.reps:
+                try:
+                    times[i].append(s.sample())
+                except Exception as e:  # a rival's failure must not stop the others
+                    failed[i] = e
+    return [failed[i] or _timing(s, times[i]) for i, s in enumerate(samplers)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +428,7 @@ def run_case(case: Case, args, impls: dict, ceilings: dict, env: dict, device="c
         "min_replay_s": 2e-3,
         "use_graph": not args.no_graph,
     }
-    rows = []
+    rows, pending, kept = [], [], []
     for name, reason in impls.items():
         row = {**base, "impl": name, "n_sets": n_sets}
         if reason is not None:
@@ -417,34 +459,48 @@ def run_case(case: Case, args, impls: dict, ceilings: dict, env: dict, device="c
         for mode in ("whole", "kernel"):
             fn = getattr(impl, mode)
             try:
-                t = time_calls([lambda i=i, fn=fn: fn(i) for i in range(n_sets)], **timing_kw)
+                sampler = prepare_timing(
+                    [lambda i=i, fn=fn: fn(i) for i in range(n_sets)], **timing_kw
+                )
             except Exception as e:
                 _assert_device_healthy(name, e)
-                rows.append(
-                    {
-                        **row,
-                        "mode": mode,
-                        "status": "error",
-                        "note": f"timing: {type(e).__name__}: {e}"[:300],
-                    }
-                )
+                rows.append(timing_error(row, mode, e))
                 continue
-            metrics = derived_metrics(case, t.us, ceilings["copy_gbps"], ceilings["gemm_tflops"])
-            rows.append(
-                {
-                    **row,
-                    "mode": mode,
-                    "us": t.us,
-                    **metrics,
-                    "timing": t.method,
-                    "calls": t.calls,
-                    "reps": t.reps,
-                }
-            )
-        del impl
+            pending.append((row, mode, sampler))
+        kept.append(impl)  # its graphs stay alive until every implementation is timed
+
+    # Every implementation's samples in turn (time_interleaved), not one after another.
+    for (row, mode, _), t in zip(pending, time_interleaved([p[2] for p in pending]), strict=True):
+        if isinstance(t, Exception):
+            _assert_device_healthy(row["impl"], t)
+            rows.append(timing_error(row, mode, t))
+            continue
+        metrics = derived_metrics(case, t.us, ceilings["copy_gbps"], ceilings["gemm_tflops"])
+        rows.append(
+            {
+                **row,
+                "mode": mode,
+                "us": t.us,
+                **metrics,
+                "timing": t.method,
+                "calls": t.calls,
+                "reps": t.reps,
+            }
+        )
+    del kept, pending
     del data, ref
     torch.cuda.empty_cache()
     return rows
+
+
+def timing_error(row: dict, mode: str, error: Exception) -> dict:
+    """The CSV row of a timing that failed."""
+    return {
+        **row,
+        "mode": mode,
+        "status": "error",
+        "note": f"timing: {type(error).__name__}: {error}"[:300],
+    }
 
 
 def _assert_device_healthy(name: str, error: Exception) -> None:

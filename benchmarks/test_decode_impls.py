@@ -246,14 +246,14 @@ def test_run_case_end_to_end():
     _install_fakes()
     calls = []
 
-    def fake_time_calls(fns, **kw):
+    def fake_prepare_timing(fns, **kw):
         for f in fns:
             f()
         calls.append(len(fns))
-        return bench_decode.Timing(10.0, "graph", len(fns), 5)
+        return bench_decode.Sampler(lambda: 10e-6 * len(fns), len(fns), 5, "graph")
 
-    real = bench_decode.time_calls
-    bench_decode.time_calls = fake_time_calls
+    real = bench_decode.prepare_timing
+    bench_decode.prepare_timing = fake_prepare_timing
     try:
         args = bench_decode.parse_args(["--rotate-mb", "100", "--max-sets", "3"])
         env = {"l2_bytes": 0, "num_sms": 132, "gpu": "fake"}
@@ -263,7 +263,7 @@ def test_run_case_end_to_end():
         di.FA3._fa = fake_fa3(swap_split=True)  # a broken rival: checked, never timed
         rows = bench_decode.run_case(case, args, impls, ceilings, env, device="cpu")
     finally:
-        bench_decode.time_calls = real
+        bench_decode.prepare_timing = real
         _install_fakes()
     status = {(r["impl"], r.get("mode")): r["status"] for r in rows}
     assert status == {
@@ -276,6 +276,27 @@ def test_run_case_end_to_end():
     line = bench_decode.progress_line(1, 1, case, rows, 0.5)
     assert "ours 10.0/10.0" in line and "fmla 10.0" in line and "fa3 FAIL" in line, line
     assert ours_kernel["us"] == 10.0 and whole["fa3"]["status"] == "FAIL"
+    assert all(r["reps"] == 5 for r in rows if r.get("mode"))
+
+
+def test_time_interleaved_round_robin():
+    """Samples are taken in turn, each sampler up to its own reps; a failing one gets its
+    exception and the others still finish."""
+    order = []
+
+    def sampler(name, reps, fail_at=None):
+        def sample():
+            if len([o for o in order if o == name]) == fail_at:
+                raise RuntimeError(name)
+            order.append(name)
+            return 2e-6
+
+        return bench_decode.Sampler(sample, 2, reps, "graph")
+
+    out = bench_decode.time_interleaved([sampler("a", 3), sampler("b", 2), sampler("c", 3, 1)])
+    assert order == ["a", "b", "c", "a", "b", "a"], order
+    assert out[0].us == 1.0 and out[0].reps == 3 and out[1].reps == 2
+    assert isinstance(out[2], RuntimeError)
 
 
 def test_triton_split_rule_fallback():
