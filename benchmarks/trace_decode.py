@@ -108,6 +108,11 @@ def summarize(t: Trace) -> dict:
         "span_us": (max(r[G_OUT] for r in done) - base) / 1000,
         "entry_skew_us": _stats([(r[G_IN] - base) / 1000 for r in done]),
         "meta_wait_us": _stats([us(r[META] - r[C_IN]) for r in live]),
+        # entry to the first sequence's opening barrier, and to its first S issued
+        "to_start_us": _stats([us(r[SEQ0 + START] - r[C_IN]) for r in live]),
+        "to_first_s_us": _stats(
+            [us(r[SEQ0 + FIRST_S] - r[C_IN]) for r in live if r[SEQ0 + PAGES] > 0] or [0.0]
+        ),
         "exit_us": _stats([(r[G_OUT] - base) / 1000 for r in live]),
         **{k: _stats(v) for k, v in per_seq.items() if v},
         "wait_s_per_page": _stats(wait_s),
@@ -126,9 +131,9 @@ def format_summary(title: str, s: dict) -> str:
         f"== {title}: {s['ctas']} CTAs, {s['ctas_with_work']} with work, "
         f"{s['ns_per_clock']:.3f} ns/clock, span {s['span_us']:.1f} us"
     ]
-    for key in ("entry_skew_us", "meta_wait_us", "q_ready", "first_s", "per_page", "epilogue_s",
-                "epilogue_v", "gap", "wait_s_per_page", "wait_v_per_page", "exit_us",
-                "pages_per_cta"):  # fmt: skip
+    for key in ("entry_skew_us", "meta_wait_us", "to_start_us", "to_first_s_us", "q_ready",
+                "first_s", "per_page", "epilogue_s", "epilogue_v", "gap", "wait_s_per_page",
+                "wait_v_per_page", "exit_us", "pages_per_cta"):  # fmt: skip
         if key in s:
             lo, med, hi = s[key]
             lines.append(f"  {key:14s} min {lo:8.2f}  med {med:8.2f}  max {hi:8.2f}")
@@ -158,7 +163,7 @@ def case_lengths(heads: int, s_q: int, batch: int, context: int, dist: str) -> l
 
 def run_case(
     heads: int, s_q: int, batch: int, context: int, path: Path, dist: str = "uniform",
-    num_parts: int | None = None,
+    num_parts: int | None = None, mode: str = "metadata",
 ) -> Trace:  # fmt: skip
     import torch
 
@@ -179,10 +184,13 @@ def run_case(
     part_meta, batch_meta = ops.get_mla_metadata(seqlens, s_q * heads, 1, num_parts=num_parts)
     o_accum, lse_accum = ops.decode_workspace(part_meta.size(0), s_q * heads, dev)
 
+    ops.get_decode_metadata(seqlens, part_meta, batch_meta, s_q * heads)
+
     def call() -> None:
-        ops.get_decode_metadata(seqlens, part_meta, batch_meta, s_q * heads)
+        if mode == "metadata":
+            ops.get_decode_metadata(seqlens, part_meta, batch_meta, s_q * heads)
         ops.mla_decode(q, kv, block_table, seqlens, part_meta, batch_meta, 192**-0.5, True,
-                       out, lse, o_accum, lse_accum)  # fmt: skip
+                       out, lse, o_accum, lse_accum, plan=mode == "plan")  # fmt: skip
 
     for _ in range(5):
         call()
@@ -206,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("cases", nargs="+", help="heads,s_q,batch,context[,dist[,parts]]")
     ap.add_argument("--out", default="trace_out", help="folder for the raw traces")
+    ap.add_argument(
+        "--mode", choices=("metadata", "given", "plan"), default="metadata",
+        help="metadata: the metadata kernel, then the decode; given: the decode on a plan made "
+        "once; plan: mla_decode(plan=True), which plans in its kernels when small enough",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     sys.path.append(str(Path(__file__).resolve().parents[1]))
     require_trace_build()
@@ -217,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         dist = fields[4] if len(fields) > 4 else "uniform"
         num_parts = int(fields[5]) if len(fields) > 5 else None
         tag = f"{heads}_{s_q}_{batch}_{context}_{dist}" + (f"_p{num_parts}" if num_parts else "")
-        raw = out / f"trace_{tag}.bin"
-        trace = run_case(heads, s_q, batch, context, raw, dist, num_parts)
+        raw = out / f"trace_{tag}_{args.mode}.bin"
+        trace = run_case(heads, s_q, batch, context, raw, dist, num_parts, args.mode)
         title = (
-            f"h={heads} s_q={s_q} B={batch} L={context} {dist}, grid {trace.grid_x}x{trace.grid_y}"
+            f"h={heads} s_q={s_q} B={batch} L={context} {dist} ({args.mode}), "
+            f"grid {trace.grid_x}x{trace.grid_y}"
         )
         print(format_summary(title, summarize(trace)), flush=True)
     return 0
