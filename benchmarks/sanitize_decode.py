@@ -48,8 +48,8 @@ CASES = [
     ([1024, 700, 1000, 900, 1024, 513, 1024, 64], 1, 64, None),
 ]
 # The same kernels planning for themselves (mla_decode(..., plan=True), small calls): the
-# warp plan in the decode kernel and in each combine kernel (<4>, <1> warm, <1> cold, the warp
-# per row kernel after the priced part size).
+# warp plan in the decode kernel and in each combine kernel (<4>, <1> warm, <1> cold), and a
+# call whose part size is priced (42 sequences: the metadata kernel inside the call).
 PLAN_CASES = [
     ([130, 0, 64, 1], 1, 16, None),
     ([8192], 1, 16, None),

@@ -239,10 +239,10 @@ def mla_decode(
         plan: compute the split-KV plan in this call and write it to ``part_meta`` and
             ``batch_meta``: the same plan as ``get_decode_metadata(seqlens, part_meta,
             batch_meta, s_q * h_q)``, which a later call on the same ``seqlens`` and rows may
-            reuse with ``plan=False``. Up to 64 sequences and 2048 query rows in all
-            (``B * s_q * h_q``) the decode and combine kernels plan for themselves (one kernel
-            launch fewer than the metadata kernel first); larger calls run the metadata kernel
-            inside the call.
+            reuse with ``plan=False``. Up to 32 sequences and 2048 query rows in all
+            (``B * s_q * h_q``), with ``4 * B`` below the part count, the decode and combine
+            kernels plan for themselves (one kernel launch fewer than the metadata kernel
+            first); other calls run the metadata kernel inside the call.
 
     A query row that sees no position (``L == 0`` or ``L - s_q + i + 1 <= 0``) gets ``out = 0``
     and ``lse = -inf``.

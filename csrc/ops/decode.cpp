@@ -233,7 +233,7 @@ void decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& b
   if (plan) {
     // The plan of these seqlens for this decode's rows, written to part_meta and batch_meta: by
     // the decode kernel itself for a small call (no metadata kernel), else by the metadata kernel.
-    if (p.batch <= kWarpPlanMaxBatch && int64_t(p.batch) * p.rows <= kPlanInKernelMaxRows) {
+    if (plan_in_kernel_fits(p.batch, p.rows, p.num_parts)) {
       const PlanCharge charge = plan_charge(p.batch, p.rows);
       p.plan_in_kernel = true;
       p.plan_fixed_cost = charge.head + charge.tail;

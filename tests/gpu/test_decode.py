@@ -306,15 +306,19 @@ def mixed_lengths(batch: int, seed: int) -> list[int]:
             for _ in range(batch)]  # fmt: skip
 
 
-# plan=True: up to 64 sequences and 2048 rows in all the decode and combine kernels plan for
-# themselves (without and with the priced part size, batch * 4 >= num_parts); more sequences or
-# rows run the metadata kernel in the call.
+# plan=True: up to 32 sequences, 2048 rows in all and batch * 4 < num_parts (the equal share) the
+# decode and combine kernels plan for themselves; larger calls, and those whose part size the
+# planner prices (batch * 4 >= num_parts), run the metadata kernel in the call. Both sides of each
+# bound: 32 sequences on 132 parts (every lane of the warp plan) and on 128 parts, 33 sequences,
+# 20 sequences on 40 parts.
 PLAN_CASES = [
     ([700], 1, 16, None),
     ([1024, 700, 0, 900, 1, 513, 1024, 64], 1, 32, None),
     ([1024, 700, 0, 900, 1, 513, 1024, 64], 2, 128, None),
     ([4096, 3000, 4096, 4000, 64, 4096, 2500, 4096], 1, 64, None),
     ([0, 0, 0], 1, 16, None),
+    (mixed_lengths(32, 7), 1, 16, None),
+    (mixed_lengths(32, 8), 2, 32, 128),
     (mixed_lengths(33, 1), 1, 16, None),
     (mixed_lengths(64, 6), 1, 32, None),
     (mixed_lengths(64, 2), 2, 64, None),

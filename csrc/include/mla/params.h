@@ -51,14 +51,26 @@ constexpr int kMaxPlanUnits = 1 << 30;
 // up to here; an int32 length never needs more than 2^25 pages).
 constexpr int kMaxTablePages = (1 << 25) - 1;
 
-// A decode call with plan=True plans inside its kernels (one warp plan, mla/plan.cuh: two
-// sequences per lane) up to kWarpPlanMaxBatch sequences and kPlanInKernelMaxRows query rows in
-// all (batch x s_q x h_q); larger calls run the metadata kernel first. Against the metadata
-// kernel, in two grid runs (docs/perf.md v22): 1.02-1.03x up to 2048 rows in all, 0.97-0.99x at
-// 4096-16384 (B = 8 x 512 rows, B = 32 x 128-512 rows: thousands of CTAs each planning, and the
-// combine's per-warp kernel waiting before it reads the plan).
-constexpr int kWarpPlanMaxBatch = 64;
+// A decode call with plan=True plans inside its kernels (one warp plan, mla/plan.cuh: one
+// sequence per lane) when that plan is the equal share of units, which the planner keeps while
+// batch * 4 < num_parts (so batch <= 32 at 132 parts), with at most kWarpPlanMaxBatch sequences
+// and kPlanInKernelMaxRows query rows in all (batch x s_q x h_q); other calls run the metadata
+// kernel first. Against the metadata kernel, in two grid runs (docs/perf.md v22): 1.02-1.03x up
+// to 2048 rows in all, 0.97-0.99x at 4096-16384 (B = 8 x 512 rows, B = 32 x 128-512 rows:
+// thousands of CTAs each planning, and the combine's per-warp kernel waiting before it reads the
+// plan). Pricing the part size (batch * 4 >= num_parts) in every decode CTA made the call
+// 1.06-1.12x slower than the metadata kernel's plan at B = 33-64 (16-32 heads), and a second
+// sequence per lane cost 1-2.5% on small calls (v25).
+constexpr int kWarpPlanMaxBatch = 32;
 constexpr int64_t kPlanInKernelMaxRows = 2048;
+
+// Whether a plan=True call of `batch` sequences, `rows` query rows each, on `num_parts` parts
+// plans inside its kernels (above).
+__host__ __device__ constexpr bool plan_in_kernel_fits(int64_t batch, int64_t rows,
+                                                       int64_t num_parts) {
+  return batch <= kWarpPlanMaxBatch && batch * 4 < num_parts &&
+         batch * rows <= kPlanInKernelMaxRows;
+}
 
 // Pages of a sequence of `seqlen` tokens (0 when seqlen <= 0), without the overflow of
 // (seqlen + 63) / 64 near INT_MAX.

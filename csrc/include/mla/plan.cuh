@@ -1,9 +1,9 @@
-// The split-KV plan of a small batch (at most kWarpPlanMaxBatch sequences) computed by one warp,
-// in registers, with no shared memory and no barrier: lane i holds sequences i and i + 32. The
-// same plan as the metadata kernel's shared-memory version (docs/design.md): each sequence's
-// units end to end (its charge's head, its pages, its charge's tail), the units per part priced
-// up from the equal share when the batch is large enough to gain from it, the part ranges by
-// count. Used by the decode and combine kernels of a call that plans for itself
+// The split-KV plan of a small batch (at most kWarpPlanMaxBatch = 32 sequences) computed by one
+// warp, in registers, with no shared memory and no barrier: lane b holds sequence b. The same
+// plan as the metadata kernel's shared-memory version (docs/design.md) for the calls it serves,
+// those whose plan is the equal share of units (batch * 4 < num_parts, plan_in_kernel_fits):
+// each sequence's units end to end (its charge's head, its pages, its charge's tail), the part
+// ranges by count. Used by the decode and combine kernels of a call that plans for itself
 // (DecodeParams::plan_in_kernel), which then need no metadata kernel.
 #pragma once
 
@@ -21,18 +21,12 @@ constexpr int kPlanCandidates = 16;
 struct WarpPlan {
   int total;     // units of the batch
   int per_part;  // units per part, T
-  // This lane's sequences, b = lane + 32 * h: the unit after its last page, its first page's unit,
-  // and its first part, pieces and first workspace slot (batch_meta).
-  int end[2], page0[2], first[2], splits[2], slot[2];
+  // This lane's sequence b = lane: the unit after its last page, its first page's unit, and its
+  // first part, pieces and first workspace slot (batch_meta).
+  int end, page0, first, splits, slot;
 };
 
 namespace plan_detail {
-
-__device__ __forceinline__ int warp_sum(int v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
 
 __device__ __forceinline__ int warp_inclusive_scan(int v, int lane) {
 #pragma unroll
@@ -75,75 +69,35 @@ __device__ __forceinline__ int cheapest_units_per_part(int t0, int lane_cuts, in
   return t;
 }
 
-// Every lane of the warp must call it (all 32 lanes active); batch <= kWarpPlanMaxBatch.
+// Every lane of the warp must call it (all 32 lanes active); batch <= kWarpPlanMaxBatch and
+// batch * 4 < num_parts (the equal share: the metadata kernel prices no longer one there).
 __device__ __forceinline__ WarpPlan warp_plan(const int* seqlens, int batch, int num_parts,
                                               int fixed_cost, int fixed_head) {
   using namespace plan_detail;
   const int lane = threadIdx.x % 32;
+  const bool live = lane < batch;
   const int cap = max(kMaxPlanUnits / max(batch, 1) - fixed_cost, 1);
   WarpPlan w;
-  int pages[2], incl[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int b = lane + 32 * h;
-    pages[h] = b < batch ? min(pages_of(seqlens[b]), cap) : 0;
-    incl[h] = warp_inclusive_scan(b < batch ? pages[h] + fixed_cost : 0, lane);
-  }
-  const int low_total = __shfl_sync(0xffffffffu, incl[0], 31);
-  incl[1] += low_total;
-  w.total = __shfl_sync(0xffffffffu, incl[1], 31);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    w.end[h] = incl[h] - (fixed_cost - fixed_head);
-    w.page0[h] = w.end[h] - pages[h];
-  }
-
-  // Units per part: the equal share, or the cheapest of kPlanCandidates longer shares.
-  const int t0 = max((w.total + num_parts - 1) / num_parts, 1);
-  int t = t0;
-  if (int64_t(batch) * 4 >= num_parts) {
-    int my_cuts = INT_MAX;  // lane c: the cuts of T = t0 + c
-    for (int c = 0; c < kPlanCandidates; ++c) {
-      const int tc = t0 + c;
-      int cuts = 0;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (lane + 32 * h < batch) {
-          cuts += (w.end[h] - 1) / tc - first_unit(w.page0[h], w.end[h], fixed_head) / tc;
-        }
-      }
-      cuts = warp_sum(cuts);
-      if (lane == c) my_cuts = cuts;
-    }
-    t = cheapest_units_per_part(t0, my_cuts, w.total);
-  }
+  const int pages = live ? min(pages_of(seqlens[lane]), cap) : 0;
+  const int incl = warp_inclusive_scan(live ? pages + fixed_cost : 0, lane);
+  w.total = __shfl_sync(0xffffffffu, incl, 31);
+  w.end = incl - (fixed_cost - fixed_head);
+  w.page0 = w.end - pages;
+  const int t = max((w.total + num_parts - 1) / num_parts, 1);
   w.per_part = t;
-
-  // Each sequence's parts and workspace slots (split sequences only, in batch order).
-  int slots[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const bool live = lane + 32 * h < batch;
-    w.first[h] = first_unit(w.page0[h], w.end[h], fixed_head) / t;
-    w.splits[h] = live ? (w.end[h] - 1) / t - w.first[h] + 1 : 0;
-    slots[h] = w.splits[h] > 1 ? w.splits[h] : 0;
-  }
-  const int s0 = warp_inclusive_scan(slots[0], lane);
-  const int s1 = warp_inclusive_scan(slots[1], lane) + __shfl_sync(0xffffffffu, s0, 31);
-  w.slot[0] = s0 - slots[0];
-  w.slot[1] = s1 - slots[1];
+  // This sequence's parts and workspace slots (split sequences only, in batch order).
+  w.first = first_unit(w.page0, w.end, fixed_head) / t;
+  w.splits = live ? (w.end - 1) / t - w.first + 1 : 0;
+  const int slots = w.splits > 1 ? w.splits : 0;
+  w.slot = warp_inclusive_scan(slots, lane) - slots;
   return w;
 }
 
 // batch_meta row of sequence b (page0_unit, first_part, num_splits, split_slot); every lane calls
 // it with the same b.
 __device__ __forceinline__ int4 warp_plan_seq(const WarpPlan& w, int b) {
-  const int h = b / 32, src = b % 32;
-  const int page0 = __shfl_sync(0xffffffffu, h ? w.page0[1] : w.page0[0], src);
-  const int first = __shfl_sync(0xffffffffu, h ? w.first[1] : w.first[0], src);
-  const int splits = __shfl_sync(0xffffffffu, h ? w.splits[1] : w.splits[0], src);
-  const int slot = __shfl_sync(0xffffffffu, h ? w.slot[1] : w.slot[0], src);
-  return make_int4(page0, first, splits, slot);
+  return make_int4(__shfl_sync(0xffffffffu, w.page0, b), __shfl_sync(0xffffffffu, w.first, b),
+                   __shfl_sync(0xffffffffu, w.splits, b), __shfl_sync(0xffffffffu, w.slot, b));
 }
 
 // part_meta row of part q (b_begin, b_end, unit_begin, unit_end; b_begin = b_end = 0 for a part
@@ -153,14 +107,10 @@ __device__ __forceinline__ int4 warp_plan_part(const WarpPlan& w, int q, int bat
   using namespace plan_detail;
   const int lane = threadIdx.x % 32;
   const int64_t begin = int64_t(q) * w.per_part, end = int64_t(q + 1) * w.per_part;
-  int b_begin = 0, b_end = 0;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const bool live = lane + 32 * h < batch;
-    b_begin += __popc(__ballot_sync(0xffffffffu, live && w.end[h] <= begin));
-    b_end += __popc(__ballot_sync(
-        0xffffffffu, live && first_unit(w.page0[h], w.end[h], fixed_head) < end));
-  }
+  const bool live = lane < batch;
+  const int b_begin = __popc(__ballot_sync(0xffffffffu, live && w.end <= begin));
+  const int b_end =
+      __popc(__ballot_sync(0xffffffffu, live && first_unit(w.page0, w.end, fixed_head) < end));
   int4 pm = make_int4(0, 0, int(min(begin, int64_t(w.total))), int(min(end, int64_t(w.total))));
   if (b_begin < b_end) {
     pm.x = b_begin;

@@ -160,15 +160,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       plan_rows[2] = bm_last;
       if (m_tile == 0) reinterpret_cast<int4*>(p.part_meta)[part] = pmq;
     }
-    if (warp == 0 && m_tile == 0) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int b = lane + 32 * h;
-        if (b < p.batch && plan.first[h] == part) {
-          reinterpret_cast<int4*>(p.batch_meta)[b] =
-              make_int4(plan.page0[h], plan.first[h], plan.splits[h], plan.slot[h]);
-        }
-      }
+    if (warp == 0 && m_tile == 0 && lane < p.batch && plan.first == part) {
+      reinterpret_cast<int4*>(p.batch_meta)[lane] =
+          make_int4(plan.page0, plan.first, plan.splits, plan.slot);
     }
     __syncthreads();
   }
