@@ -104,6 +104,35 @@ __device__ __forceinline__ unsigned div_floor(unsigned x, unsigned t, float rcp_
   return q;
 }
 
+// T = T0 + c for c < kPlanCandidates are priced unless plan_keeps_equal_share (params.h):
+// one candidate per warp of the kernel's 512 threads.
+constexpr int kPlanCandidates = 16;
+
+// The cheapest part size of kPlanCandidates, in every lane of the warp: lane c (< kPlanCandidates)
+// brings the cuts of T = t0 + c, priced as T + kCutCostPages * ceil(cuts / parts used), ties to
+// fewer cuts, then to the smaller T.
+__device__ __forceinline__ int cheapest_units_per_part(int t0, int lane_cuts, int total) {
+  const int lane = threadIdx.x % 32;
+  int t = t0 + lane;
+  int cuts = lane < kPlanCandidates ? lane_cuts : INT_MAX;
+  const int used = (total + t - 1) / t;
+  int64_t cost = lane < kPlanCandidates
+                     ? t + int64_t(kCutCostPages) * ((int64_t(cuts) + used - 1) / used)
+                     : INT64_MAX;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const int64_t c2 = __shfl_xor_sync(0xffffffffu, cost, off);
+    const int k2 = __shfl_xor_sync(0xffffffffu, cuts, off);
+    const int t2 = __shfl_xor_sync(0xffffffffu, t, off);
+    if (c2 < cost || (c2 == cost && (k2 < cuts || (k2 == cuts && t2 < t)))) {
+      cost = c2;
+      cuts = k2;
+      t = t2;
+    }
+  }
+  return t;
+}
+
 // A part boundary inside a sequence costs a second prologue and epilogue, a partial result in
 // fp32 and its share of the combine; when the batch gives every part a sizeable share of a
 // sequence, slightly longer parts may cut none (a uniform batch of B <= num_parts sequences: one
@@ -115,7 +144,7 @@ __device__ int choose_units_per_part(const MetadataParams& p, int total, const i
   constexpr int kCandidates = kThreads / 32;
   static_assert(kCandidates == kPlanCandidates, "one candidate per warp");
   const int t0 = units_per_part(p, total);
-  if (int64_t(p.batch) * 4 < p.num_parts) return t0;
+  if (plan_keeps_equal_share(p.batch, p.num_parts)) return t0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   {
     const unsigned t = unsigned(t0 + warp);

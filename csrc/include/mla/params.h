@@ -64,11 +64,18 @@ constexpr int kMaxTablePages = (1 << 25) - 1;
 constexpr int kWarpPlanMaxBatch = 32;
 constexpr int64_t kPlanInKernelMaxRows = 2048;
 
+// Whether the planner keeps the equal share of units per part (T0): it prices longer parts only
+// when batch * 4 >= num_parts, where a part holds a sizeable share of a sequence (docs/design.md).
+// The metadata kernel and plan_in_kernel_fits (the warp plan never prices) share this rule.
+__host__ __device__ constexpr bool plan_keeps_equal_share(int64_t batch, int64_t num_parts) {
+  return batch * 4 < num_parts;
+}
+
 // Whether a plan=True call of `batch` sequences, `rows` query rows each, on `num_parts` parts
 // plans inside its kernels (above).
 __host__ __device__ constexpr bool plan_in_kernel_fits(int64_t batch, int64_t rows,
                                                        int64_t num_parts) {
-  return batch <= kWarpPlanMaxBatch && batch * 4 < num_parts &&
+  return batch <= kWarpPlanMaxBatch && plan_keeps_equal_share(batch, num_parts) &&
          batch * rows <= kPlanInKernelMaxRows;
 }
 

@@ -1,22 +1,17 @@
 // The split-KV plan of a small batch (at most kWarpPlanMaxBatch = 32 sequences) computed by one
 // warp, in registers, with no shared memory and no barrier: lane b holds sequence b. The same
 // plan as the metadata kernel's shared-memory version (docs/design.md) for the calls it serves,
-// those whose plan is the equal share of units (batch * 4 < num_parts, plan_in_kernel_fits):
+// those whose plan is the equal share of units (plan_keeps_equal_share, plan_in_kernel_fits):
 // each sequence's units end to end (its charge's head, its pages, its charge's tail), the part
 // ranges by count. Used by the decode and combine kernels of a call that plans for itself
 // (DecodeParams::plan_in_kernel), which then need no metadata kernel.
 #pragma once
 
-#include <climits>
 #include <cstdint>
 
 #include "mla/params.h"
 
 namespace mla {
-
-// T = T0 + c for c < kPlanCandidates are priced when batch * 4 >= num_parts (the metadata
-// kernel's candidates, one per warp of its 512 threads).
-constexpr int kPlanCandidates = 16;
 
 struct WarpPlan {
   int total;     // units of the batch
@@ -44,33 +39,8 @@ __device__ __forceinline__ int first_unit(int page0, int end, int head) {
 
 }  // namespace plan_detail
 
-// The cheapest part size of kPlanCandidates, in every lane of the warp: lane c (< kPlanCandidates)
-// brings the cuts of T = t0 + c, priced as T + kCutCostPages * ceil(cuts / parts used), ties to
-// fewer cuts, then to the smaller T. Shared by every planner that prices the part size.
-__device__ __forceinline__ int cheapest_units_per_part(int t0, int lane_cuts, int total) {
-  const int lane = threadIdx.x % 32;
-  int t = t0 + lane;
-  int cuts = lane < kPlanCandidates ? lane_cuts : INT_MAX;
-  const int used = (total + t - 1) / t;
-  int64_t cost = lane < kPlanCandidates
-                     ? t + int64_t(kCutCostPages) * ((int64_t(cuts) + used - 1) / used)
-                     : INT64_MAX;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const int64_t c2 = __shfl_xor_sync(0xffffffffu, cost, off);
-    const int k2 = __shfl_xor_sync(0xffffffffu, cuts, off);
-    const int t2 = __shfl_xor_sync(0xffffffffu, t, off);
-    if (c2 < cost || (c2 == cost && (k2 < cuts || (k2 == cuts && t2 < t)))) {
-      cost = c2;
-      cuts = k2;
-      t = t2;
-    }
-  }
-  return t;
-}
-
 // Every lane of the warp must call it (all 32 lanes active); batch <= kWarpPlanMaxBatch and
-// batch * 4 < num_parts (the equal share: the metadata kernel prices no longer one there).
+// plan_keeps_equal_share(batch, num_parts) (params.h: the metadata kernel prices no longer part).
 __device__ __forceinline__ WarpPlan warp_plan(const int* seqlens, int batch, int num_parts,
                                               int fixed_cost, int fixed_head) {
   using namespace plan_detail;
