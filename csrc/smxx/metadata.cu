@@ -8,13 +8,15 @@
 // monotone in b, so part q's sequences are the contiguous range of b with first_b <= q <= last_b:
 // b_begin = #{b : end_b <= q T}, b_end = #{b : first_unit_b < (q + 1) T}.
 //
-// Up to kSmemSeqs sequences, end_b and the unit of b's first page live in shared memory and every
-// part finds its range by binary search: one read of seqlens, two block scans, one write of each
-// output; T may be priced up from the equal share (choose_units_per_part). Larger batches take
-// the equal share T0 through global memory (atomics over the parts a sequence touches), slower
-// but with no size limit. A decode call that plans for itself makes the same plan in one warp
-// (mla/plan.cuh); as a metadata kernel that warp plan measured ~3 µs slower than this one at
-// B = 8 (its parts one after another, v22), so it lives only inside the decode call.
+// Up to kSmemSeqs sequences, one CTA plans with kSeqs = 1 or 8 sequences per thread in registers,
+// end_b and first_unit_b in shared memory, in three barriers: a scan of the units, the pricing of
+// the part size (T may go up from the equal share T0 when a few units more cut no sequence), a
+// scan of the workspace slots; every part finds its range of sequences by binary search. Larger
+// batches take the equal share T0 through global memory (atomics over the parts a sequence
+// touches), slower but with no size limit. A decode call that plans for itself makes the same
+// plan in one warp (mla/plan.cuh); as a metadata kernel that warp plan measured ~3 µs slower than
+// the shared-memory one at B = 8 (its parts one after another, v22), so it lives only inside the
+// decode call.
 #include <climits>
 #include <cstdint>
 
@@ -26,7 +28,7 @@ namespace mla {
 namespace {
 
 constexpr int kThreads = 512;
-constexpr int kSmemSeqs = 4096;  // 32 KB of shared memory: end_b and page0_b
+constexpr int kSmemSeqs = 4096;  // 32 KB of shared memory: end_b and first_unit_b
 
 // Inclusive prefix sum over the CTA; `total` receives the sum of all threads' values.
 __device__ int block_inclusive_scan(int v, int& total, int* warp_sums) {
@@ -77,153 +79,162 @@ __device__ __forceinline__ int first_unit_of(int page0, int end, int fixed) {
   return end > page0 ? page0 : page0 - fixed;
 }
 
-// Number of leading sequences with key(b) < x, for a key non-decreasing in b: end_b, or the first
-// unit when kFirst.
-template <bool kFirst>
-__device__ __forceinline__ int count_below(const int* end_unit, const int* page0, int n,
-                                           int64_t x, int fixed) {
-  int lo = 0, hi = n;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    const int key = kFirst ? first_unit_of(page0[mid], end_unit[mid], fixed) : end_unit[mid];
-    if (key < x) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
+// ---- The shared-memory plan: up to kSmemSeqs sequences, kSeqs of them per thread ---------------
+
+constexpr int kWarps = kThreads / 32;
+
+// Exclusive prefix over the CTA of each warp's `warp_total` (lane 31's inclusive scan), from
+// `sums` after the barrier that follows their writes: every warp reads all kWarps sums itself, so
+// no second barrier. Returns the sum of the warps before this one; `total` gets all of them.
+__device__ __forceinline__ int warps_before(const int* sums, int& total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int v = lane < kWarps ? sums[lane] : 0;
+#pragma unroll
+  for (int off = 1; off < kWarps; off <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, v, off);
+    if (lane >= off) v += n;
   }
-  return lo;
+  total = __shfl_sync(0xffffffffu, v, kWarps - 1);
+  const int before = __shfl_sync(0xffffffffu, v, max(warp - 1, 0));
+  return warp > 0 ? before : 0;
 }
 
-// floor(x / t) for t >= 1: a float estimate, then exact integer correction (one step each way for
-// x < 2^24; more, but still exact, beyond).
-__device__ __forceinline__ unsigned div_floor(unsigned x, unsigned t, float rcp_t) {
-  unsigned q = __float2uint_rz(__uint2float_rz(x) * rcp_t);
-  while (q > 0 && q * t > x) --q;
-  while ((q + 1) * t <= x) ++q;
-  return q;
-}
-
-// T = T0 + c for c < kPlanCandidates are priced unless plan_keeps_equal_share (params.h):
-// one candidate per warp of the kernel's 512 threads.
-constexpr int kPlanCandidates = 16;
-
-// The cheapest part size of kPlanCandidates, in every lane of the warp: lane c (< kPlanCandidates)
-// brings the cuts of T = t0 + c, priced as T + kCutCostPages * ceil(cuts / parts used), ties to
-// fewer cuts, then to the smaller T.
-__device__ __forceinline__ int cheapest_units_per_part(int t0, int lane_cuts, int total) {
+__device__ __forceinline__ int warp_inclusive_scan(int v) {
   const int lane = threadIdx.x % 32;
-  int t = t0 + lane;
-  int cuts = lane < kPlanCandidates ? lane_cuts : INT_MAX;
-  const int used = (total + t - 1) / t;
-  int64_t cost = lane < kPlanCandidates
-                     ? t + int64_t(kCutCostPages) * ((int64_t(cuts) + used - 1) / used)
-                     : INT64_MAX;
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const int64_t c2 = __shfl_xor_sync(0xffffffffu, cost, off);
-    const int k2 = __shfl_xor_sync(0xffffffffu, cuts, off);
-    const int t2 = __shfl_xor_sync(0xffffffffu, t, off);
-    if (c2 < cost || (c2 == cost && (k2 < cuts || (k2 == cuts && t2 < t)))) {
-      cost = c2;
-      cuts = k2;
-      t = t2;
-    }
+  for (int off = 1; off < 32; off <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, v, off);
+    if (lane >= off) v += n;
   }
-  return t;
+  return v;
 }
 
-// A part boundary inside a sequence costs a second prologue and epilogue, a partial result in
-// fp32 and its share of the combine; when the batch gives every part a sizeable share of a
-// sequence, slightly longer parts may cut none (a uniform batch of B <= num_parts sequences: one
-// whole sequence per part instead of every sequence cut in two). Warp w counts the cuts of
-// T = T0 + w; lane i of warp 0 prices T0 + i as T + kCutCostPages * ceil(cuts / parts used) and the
-// cheapest wins, ties to fewer cuts, then to the smaller T.
-__device__ int choose_units_per_part(const MetadataParams& p, int total, const int* end_unit,
-                                     const int* page0_unit, int* scratch) {
-  constexpr int kCandidates = kThreads / 32;
-  static_assert(kCandidates == kPlanCandidates, "one candidate per warp");
-  const int t0 = units_per_part(p, total);
-  if (plan_keeps_equal_share(p.batch, p.num_parts)) return t0;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  {
-    const unsigned t = unsigned(t0 + warp);
-    const float rcp = 1.f / float(t);
-    int cuts = 0;
-    for (int b = lane; b < p.batch; b += 32) {
-      const unsigned first = unsigned(first_unit_of(page0_unit[b], end_unit[b], p.fixed_head));
-      cuts += int(div_floor(unsigned(end_unit[b]) - 1u, t, rcp) - div_floor(first, t, rcp));
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) cuts += __shfl_xor_sync(0xffffffffu, cuts, off);
-    if (lane == 0) scratch[warp] = cuts;
+// Number of leading keys below x, for keys[0..n) non-decreasing; two searches at once (their
+// loads overlap), by binary lifting: pos moves up by halving steps while the key before it is low.
+__device__ __forceinline__ int2 count_below2(const int* keys_a, int64_t x_a, const int* keys_b,
+                                             int64_t x_b, int n) {
+  int pa = 0, pb = 0;
+  for (int step = n > 0 ? 1 << (31 - __clz(n)) : 0; step > 0; step >>= 1) {
+    const bool ta = pa + step <= n && keys_a[pa + step - 1] < x_a;
+    const bool tb = pb + step <= n && keys_b[pb + step - 1] < x_b;
+    pa += ta ? step : 0;
+    pb += tb ? step : 0;
   }
-  __syncthreads();
-  if (warp == 0) {
-    const int t = cheapest_units_per_part(t0, lane < kCandidates ? scratch[lane] : INT_MAX, total);
-    __syncwarp();
-    if (lane == 0) scratch[0] = t;
-  }
-  __syncthreads();
-  const int best = scratch[0];
-  __syncthreads();  // scratch is reused
-  return best;
+  return make_int2(pa, pb);
 }
 
+// The part-size pricing of docs/design.md (T = T0 + c, c < 16, costs T + kCutCostPages *
+// ceil(cuts / parts used), ties to fewer cuts, then to the smaller T; reference.split_kv_plan)
+// picks the smallest T in T0 .. T0 + kCutCostPages that cuts no sequence, else T0: a boundary
+// q * T cuts at most one sequence and there are used - 1 of them, so ceil(cuts / used) is 0 or 1,
+// and no T past T0 + kCutCostPages can beat T0's T0 + kCutCostPages. Only whether a candidate cuts
+// is needed, then: bit c of the mask says T0 + c cuts one of the thread's sequences.
+constexpr int kCutCandidates = kCutCostPages + 1;
+static_assert(kCutCandidates <= 16, "the pricing looks at most 16 part sizes");
+
+__device__ __forceinline__ unsigned cutting_candidates(int first, int end, int t0) {
+  unsigned mask = 0;
+#pragma unroll
+  for (int c = 0; c < kCutCandidates; ++c) {
+    const unsigned t = unsigned(t0 + c);
+    mask |= unsigned(unsigned(end - 1) / t != unsigned(first) / t) << c;
+  }
+  return mask;
+}
+
+// Sequences b = threadIdx.x * kSeqs + i, i < kSeqs, live in registers; their pages' ends and
+// first units in shared memory for the parts' binary searches. Three barriers: the units' scan,
+// the arrays and the pricing masks, the workspace slots' scan.
+template <int kSeqs>
 __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataParams p) {
-  __shared__ int warp_sums[32];
-  __shared__ int end_unit[kSmemSeqs];
-  __shared__ int page0_unit[kSmemSeqs];
+  constexpr int kMaxSeqs = kThreads * kSeqs;
+  __shared__ int unit_sums[kWarps];
+  __shared__ int slot_sums[kWarps];
+  __shared__ unsigned cut_masks[kWarps];
+  __shared__ int end_unit[kMaxSeqs];
+  __shared__ int first_unit[kMaxSeqs];
   // The decode kernel may start its prologue now; it waits for this grid before reading the plan.
   ptx::griddep_launch_dependents();
-  int4* part_meta = reinterpret_cast<int4*>(p.part_meta);
-  int4* batch_meta = reinterpret_cast<int4*>(p.batch_meta);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int b0 = threadIdx.x * kSeqs;
 
-  // Pass 1: unit range of every sequence.
-  int carry = 0;
-  for (int base = 0; base < p.batch; base += kThreads) {
-    const int b = base + threadIdx.x;
-    const int pages = b < p.batch ? num_pages_of(p, b) : 0;
-    const int cost = b < p.batch ? pages + p.fixed_cost : 0;
-    int chunk_total;
-    const int end = carry + block_inclusive_scan(cost, chunk_total, warp_sums);
-    if (b < p.batch) {  // the end of its pages: its charge's tail follows them
-      end_unit[b] = end - (p.fixed_cost - p.fixed_head);
-      page0_unit[b] = end_unit[b] - pages;
-    }
-    carry += chunk_total;
+  // Pass 1: every sequence's units, end to end.
+  int pages[kSeqs], end[kSeqs] = {};
+  int mine = 0;
+#pragma unroll
+  for (int i = 0; i < kSeqs; ++i) {
+    pages[i] = b0 + i < p.batch ? num_pages_of(p, b0 + i) : 0;
+    mine += b0 + i < p.batch ? pages[i] + p.fixed_cost : 0;
   }
-  const int total = carry;
+  const int incl = warp_inclusive_scan(mine);
+  if (lane == 31) unit_sums[warp] = incl;
   __syncthreads();
-  const int per_part = choose_units_per_part(p, total, end_unit, page0_unit, warp_sums);
-
-  // Pass 2: each sequence's parts and workspace slots.
-  carry = 0;
-  for (int base = 0; base < p.batch; base += kThreads) {
-    const int b = base + threadIdx.x;
-    int first = 0, splits = 0;
-    if (b < p.batch) {
-      first = first_unit_of(page0_unit[b], end_unit[b], p.fixed_head) / per_part;
-      splits = (end_unit[b] - 1) / per_part - first + 1;
+  int total;
+  int unit = warps_before(unit_sums, total) + incl - mine;  // this thread's first sequence's start
+  const int t0 = units_per_part(p, total);
+  const bool price = !plan_keeps_equal_share(p.batch, p.num_parts);
+  unsigned cuts = 0;
+#pragma unroll
+  for (int i = 0; i < kSeqs; ++i) {
+    if (b0 + i < p.batch) {
+      unit += pages[i] + p.fixed_cost;
+      end[i] = unit - (p.fixed_cost - p.fixed_head);  // its charge's tail follows its pages
+      const int first = first_unit_of(end[i] - pages[i], end[i], p.fixed_head);
+      end_unit[b0 + i] = end[i];
+      first_unit[b0 + i] = first;
+      if (price) cuts |= cutting_candidates(first, end[i], t0);
     }
-    int chunk_total;
-    const int slots = splits > 1 ? splits : 0;
-    const int incl = block_inclusive_scan(slots, chunk_total, warp_sums);
-    if (b < p.batch) batch_meta[b] = make_int4(page0_unit[b], first, splits, carry + incl - slots);
-    carry += chunk_total;
+  }
+  cuts = __reduce_or_sync(0xffffffffu, cuts);
+  if (lane == 0) cut_masks[warp] = cuts;
+  __syncthreads();
+  int per_part = t0;
+  if (price) {
+    unsigned all = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) all |= cut_masks[w];
+    const unsigned clean = ~all & ((1u << kCutCandidates) - 1);
+    per_part = t0 + (clean ? __ffs(int(clean)) - 1 : 0);
   }
 
-  // Each part's range of sequences.
+  // Pass 2: each sequence's parts and workspace slots (split sequences only, in batch order).
+  int first_part[kSeqs], splits[kSeqs];
+  int slots = 0;
+#pragma unroll
+  for (int i = 0; i < kSeqs; ++i) {
+    first_part[i] = splits[i] = 0;
+    if (b0 + i < p.batch) {
+      const int first = first_unit_of(end[i] - pages[i], end[i], p.fixed_head);
+      first_part[i] = unsigned(first) / unsigned(per_part);
+      splits[i] = int(unsigned(end[i] - 1) / unsigned(per_part)) - first_part[i] + 1;
+      slots += splits[i] > 1 ? splits[i] : 0;
+    }
+  }
+  const int slot_incl = warp_inclusive_scan(slots);
+  if (lane == 31) slot_sums[warp] = slot_incl;
+
+  // Each part's range of sequences: those whose pages end after its start and whose first unit
+  // is before its end (the arrays are complete since the barrier above).
   for (int q = threadIdx.x; q < p.num_parts; q += kThreads) {
     int4 pm = part_bounds(q, per_part, total);
-    const int64_t begin = int64_t(q) * per_part, end = int64_t(q + 1) * per_part;
-    const int b_begin = count_below<false>(end_unit, page0_unit, p.batch, begin + 1, p.fixed_head);
-    const int b_end = count_below<true>(end_unit, page0_unit, p.batch, end, p.fixed_head);
-    if (b_begin < b_end) {
-      pm.x = b_begin;
-      pm.y = b_end;
+    const int64_t begin = int64_t(q) * per_part, part_end = int64_t(q + 1) * per_part;
+    const int2 r = count_below2(end_unit, begin + 1, first_unit, part_end, p.batch);
+    if (r.x < r.y) {
+      pm.x = r.x;
+      pm.y = r.y;
     }
-    part_meta[q] = pm;
+    reinterpret_cast<int4*>(p.part_meta)[q] = pm;
+  }
+  __syncthreads();
+  int all_slots;
+  int slot = warps_before(slot_sums, all_slots) + slot_incl - slots;
+#pragma unroll
+  for (int i = 0; i < kSeqs; ++i) {
+    if (b0 + i < p.batch) {
+      reinterpret_cast<int4*>(p.batch_meta)[b0 + i] =
+          make_int4(end[i] - pages[i], first_part[i], splits[i], slot);
+      slot += splits[i] > 1 ? splits[i] : 0;
+    }
   }
 }
 
@@ -290,8 +301,10 @@ __global__ void __launch_bounds__(kThreads) metadata_global_kernel(const Metadat
 }  // namespace
 
 cudaError_t run_metadata(const MetadataParams& params, cudaStream_t stream) {
-  if (params.batch <= kSmemSeqs) {
-    metadata_smem_kernel<<<1, kThreads, 0, stream>>>(params);
+  if (params.batch <= kThreads) {
+    metadata_smem_kernel<1><<<1, kThreads, 0, stream>>>(params);
+  } else if (params.batch <= kSmemSeqs) {
+    metadata_smem_kernel<kSmemSeqs / kThreads><<<1, kThreads, 0, stream>>>(params);
   } else {
     metadata_global_kernel<<<1, kThreads, 0, stream>>>(params);
   }
