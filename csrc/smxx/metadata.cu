@@ -110,15 +110,17 @@ __device__ __forceinline__ int warp_inclusive_scan(int v) {
 }
 
 // Number of leading keys below x, for keys[0..n) non-decreasing; two searches at once (their
-// loads overlap), by binary lifting: pos moves up by halving steps while the key before it is low.
-__device__ __forceinline__ int2 count_below2(const int* keys_a, int64_t x_a, const int* keys_b,
-                                             int64_t x_b, int n) {
+// loads overlap), by binary lifting: pos moves up by halving steps while the key before it is
+// low. Branch-free (the index is clamped, the test predicated): a divergent branch per step cost
+// ~0.1 µs a step.
+__device__ __forceinline__ int2 count_below2(const int* keys_a, int x_a, const int* keys_b,
+                                             int x_b, int n) {
   int pa = 0, pb = 0;
   for (int step = n > 0 ? 1 << (31 - __clz(n)) : 0; step > 0; step >>= 1) {
-    const bool ta = pa + step <= n && keys_a[pa + step - 1] < x_a;
-    const bool tb = pb + step <= n && keys_b[pb + step - 1] < x_b;
-    pa += ta ? step : 0;
-    pb += tb ? step : 0;
+    const int ka = keys_a[min(pa + step, n) - 1];
+    const int kb = keys_b[min(pb + step, n) - 1];
+    pa += pa + step <= n && ka < x_a ? step : 0;
+    pb += pb + step <= n && kb < x_b ? step : 0;
   }
   return make_int2(pa, pb);
 }
@@ -133,16 +135,19 @@ constexpr int kCutCandidates = kCutCostPages + 1;
 static_assert(kCutCandidates <= 16, "the pricing looks at most 16 part sizes");
 
 __device__ __forceinline__ unsigned cutting_candidates(int first, int end, int t0) {
+  // A multiple of t lies in (first, end - 1] when first's remainder plus the sequence's span
+  // (end - 1 - first) reaches t: one division per candidate.
+  const unsigned span = unsigned(end - 1 - first);
   unsigned mask = 0;
 #pragma unroll
   for (int c = 0; c < kCutCandidates; ++c) {
     const unsigned t = unsigned(t0 + c);
-    mask |= unsigned(unsigned(end - 1) / t != unsigned(first) / t) << c;
+    mask |= unsigned(unsigned(first) % t + span >= t) << c;
   }
   return mask;
 }
 
-// Sequences b = threadIdx.x * kSeqs + i, i < kSeqs, live in registers; their pages' ends and
+// Each thread's sequences live in registers (kSeqs at most, consecutive); their pages' ends and
 // first units in shared memory for the parts' binary searches. Three barriers: the units' scan,
 // the arrays and the pricing masks, the workspace slots' scan.
 template <int kSeqs>
@@ -156,15 +161,19 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   // The decode kernel may start its prologue now; it waits for this grid before reading the plan.
   ptx::griddep_launch_dependents();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int b0 = threadIdx.x * kSeqs;
+  // Thread t holds sequences b0 .. b0 + per_thread - 1, per_thread = ceil(batch / kThreads) so
+  // that every thread has a share (kSeqs is its most).
+  const int per_thread = kSeqs == 1 ? 1 : (p.batch + kThreads - 1) / kThreads;
+  const int b0 = threadIdx.x * per_thread;
+  const auto live = [&](int i) { return (kSeqs == 1 || i < per_thread) && b0 + i < p.batch; };
 
   // Pass 1: every sequence's units, end to end.
   int pages[kSeqs], end[kSeqs] = {};
   int mine = 0;
 #pragma unroll
   for (int i = 0; i < kSeqs; ++i) {
-    pages[i] = b0 + i < p.batch ? num_pages_of(p, b0 + i) : 0;
-    mine += b0 + i < p.batch ? pages[i] + p.fixed_cost : 0;
+    pages[i] = live(i) ? num_pages_of(p, b0 + i) : 0;
+    mine += live(i) ? pages[i] + p.fixed_cost : 0;
   }
   const int incl = warp_inclusive_scan(mine);
   if (lane == 31) unit_sums[warp] = incl;
@@ -176,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   unsigned cuts = 0;
 #pragma unroll
   for (int i = 0; i < kSeqs; ++i) {
-    if (b0 + i < p.batch) {
+    if (live(i)) {
       unit += pages[i] + p.fixed_cost;
       end[i] = unit - (p.fixed_cost - p.fixed_head);  // its charge's tail follows its pages
       const int first = first_unit_of(end[i] - pages[i], end[i], p.fixed_head);
@@ -203,7 +212,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
 #pragma unroll
   for (int i = 0; i < kSeqs; ++i) {
     first_part[i] = splits[i] = 0;
-    if (b0 + i < p.batch) {
+    if (live(i)) {
       const int first = first_unit_of(end[i] - pages[i], end[i], p.fixed_head);
       first_part[i] = unsigned(first) / unsigned(per_part);
       splits[i] = int(unsigned(end[i] - 1) / unsigned(per_part)) - first_part[i] + 1;
@@ -214,11 +223,14 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   if (lane == 31) slot_sums[warp] = slot_incl;
 
   // Each part's range of sequences: those whose pages end after its start and whose first unit
-  // is before its end (the arrays are complete since the barrier above).
-  for (int q = threadIdx.x; q < p.num_parts; q += kThreads) {
+  // is before its end (the arrays are complete since the barrier above). Parts go to the last
+  // threads, which hold no sequence in a batch of up to kThreads - num_parts: both run at once.
+  for (int q = kThreads - 1 - threadIdx.x; q < p.num_parts; q += kThreads) {
     int4 pm = part_bounds(q, per_part, total);
     const int64_t begin = int64_t(q) * per_part, part_end = int64_t(q + 1) * per_part;
-    const int2 r = count_below2(end_unit, begin + 1, first_unit, part_end, p.batch);
+    // Keys stay below 2^30: clamped to int, the searches compare in 32 bits.
+    const int2 r = count_below2(end_unit, int(min(begin + 1, int64_t(INT_MAX))), first_unit,
+                                int(min(part_end, int64_t(INT_MAX))), p.batch);
     if (r.x < r.y) {
       pm.x = r.x;
       pm.y = r.y;
@@ -230,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   int slot = warps_before(slot_sums, all_slots) + slot_incl - slots;
 #pragma unroll
   for (int i = 0; i < kSeqs; ++i) {
-    if (b0 + i < p.batch) {
+    if (live(i)) {
       reinterpret_cast<int4*>(p.batch_meta)[b0 + i] =
           make_int4(end[i] - pages[i], first_part[i], splits[i], slot);
       slot += splits[i] > 1 ? splits[i] : 0;

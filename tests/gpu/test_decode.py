@@ -439,11 +439,12 @@ def test_metadata_invariants():
 @pytest.mark.parametrize(
     ("batch", "num_parts"),
     [(1, 132), (7, 3), (8, 132), (33, 132), (40, 66), (64, 66), (64, 132), (65, 132), (300, 1000),
-     (4096, 132), (4097, 132), (5000, 7)],
+     (512, 132), (513, 132), (513, 3000), (4096, 132), (4097, 132), (5000, 7)],
 )  # fmt: skip
 def test_metadata_matches_reference(batch, num_parts, rows):
-    # Up to 4096 sequences the CTA plans in shared memory, more through global memory: both paths
-    # (test_plan_in_call holds the decode call's own warp plan to this one).
+    # Up to 512 sequences the CTA plans with one per thread, up to 4096 with eight, more through
+    # global memory: all three paths (test_plan_in_call holds the decode call's own warp plan to
+    # this one).
     rng = random.Random(batch * 1000 + num_parts)
     seqlens = [rng.choice([0, 1, 64, 65, 128, rng.randrange(1, 40000)]) for _ in range(batch)]
     seqlens_t = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
@@ -456,7 +457,7 @@ def test_metadata_matches_reference(batch, num_parts, rows):
 
 
 @pytest.mark.parametrize("rows", [0, 32, 512])
-@pytest.mark.parametrize("batch", [64, 66, 5000])
+@pytest.mark.parametrize("batch", [64, 66, 600, 5000])
 def test_metadata_garbage_lengths_match_reference(batch, rows):
     # Lengths near INT_MAX sum past int32 in pages: both planners cap the planned pages (through
     # shared memory up to 4096 sequences, global memory beyond) and agree.
