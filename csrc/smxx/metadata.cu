@@ -8,15 +8,16 @@
 // monotone in b, so part q's sequences are the contiguous range of b with first_b <= q <= last_b:
 // b_begin = #{b : end_b <= q T}, b_end = #{b : first_unit_b < (q + 1) T}.
 //
-// Up to kSmemSeqs sequences, one CTA plans with kSeqs = 1 or 8 sequences per thread in registers,
-// end_b and first_unit_b in shared memory, in three barriers: a scan of the units, the pricing of
-// the part size (T may go up from the equal share T0 when a few units more cut no sequence), a
-// scan of the workspace slots; every part finds its range of sequences by binary search. Larger
-// batches take the equal share T0 through global memory (atomics over the parts a sequence
-// touches), slower but with no size limit. A decode call that plans for itself makes the same
-// plan in one warp (mla/plan.cuh); as a metadata kernel that warp plan measured ~3 µs slower than
-// the shared-memory one at B = 8 (its parts one after another, v22), so it lives only inside the
-// decode call.
+// Up to kSmemSeqs sequences, one CTA plans with each thread's sequences in registers (one per
+// thread up to kThreads, up to eight beyond) and end_b and first_unit_b in shared memory, in three
+// barriers: a scan of the units, the pricing of the part size (T may go up from the equal share
+// T0 when a few units more cut no sequence), a scan of the workspace slots; every part finds its
+// range of sequences by binary search (v26: 0.7-2.9 µs less per call than v25's ten-barrier form
+// at B = 33-512, docs/perf.md). Larger batches take the equal share T0 through global memory
+// (atomics over the parts a sequence touches), slower but with no size limit. A decode call that
+// plans for itself makes the same plan in one warp (mla/plan.cuh); as a metadata kernel that warp
+// plan measured ~3 µs slower than the shared-memory one at B = 8 (its parts one after another,
+// v22), so it lives only inside the decode call.
 #include <climits>
 #include <cstdint>
 
