@@ -7,6 +7,7 @@ import random
 import pytest
 
 from mla_backend.reference import (
+    CUT_COST_PAGES,
     MAX_PLAN_UNITS,
     PAGE_SIZE,
     plan_charge,
@@ -78,6 +79,40 @@ def test_part_size(batch, length, num_parts, units_per_part, split):
     parts, batches = split_kv_plan([length] * batch, num_parts)
     assert parts[0][3] - parts[0][2] == units_per_part
     assert sum(b[2] > 1 for b in batches) == split
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_pricing_takes_the_smallest_part_size_that_cuts_nothing(seed):
+    # The metadata kernel relies on this (csrc/smxx/metadata.cu, docs/perf.md v26): a boundary
+    # cuts at most one sequence, so ceil(cuts / parts used) is 0 or 1 and the cheapest of
+    # T0 .. T0 + 15 is the smallest of T0 .. T0 + CUT_COST_PAGES that cuts no sequence, else T0.
+    rng = random.Random(seed)
+    batch = rng.choice([33, 34, 40, 64, 100, 128, 300, 513])
+    num_parts = rng.choice([2, 7, 66, 132, 4 * batch])
+    rows = rng.choice(ROWS)
+    if rng.random() < 0.5:
+        seqlens = [rng.choice([64, 1024, 4096, 4000, 16384])] * batch
+    else:
+        seqlens = [rng.choice([0, 1, 64, 65, rng.randrange(1, 40000)]) for _ in range(batch)]
+    parts, _ = split_kv_plan(seqlens, num_parts, rows)
+    head, tail = plan_charge(batch, rows)
+    ends, firsts, unit = [], [], 0
+    for n in seqlens:
+        pages = -(-max(n, 0) // PAGE_SIZE)
+        unit += head + pages + tail
+        ends.append(unit - tail)
+        firsts.append(unit - tail - pages if pages else unit - tail - head)
+    total = unit
+    t0 = -(-total // num_parts)
+    clean = [
+        t
+        for t in range(t0, t0 + CUT_COST_PAGES + 1)
+        if all((e - 1) // t == f // t for e, f in zip(ends, firsts, strict=True))
+    ]
+    expected = clean[0] if clean else t0
+    assert [p[2:] for p in parts] == [
+        [min(q * expected, total), min((q + 1) * expected, total)] for q in range(num_parts)
+    ]
 
 
 def pieces(seqlens: list[int], num_parts: int, rows: int, b: int) -> list[int]:
