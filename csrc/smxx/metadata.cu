@@ -75,16 +75,11 @@ __device__ __forceinline__ int4 part_bounds(int q, int per_part, int total) {
   return make_int4(0, 0, begin, end);
 }
 
-// First unit of sequence b: its first page's, or its start when it has no page.
-__device__ __forceinline__ int first_unit_of(int page0, int end, int fixed) {
-  return end > page0 ? page0 : page0 - fixed;
-}
-
 // ---- The shared-memory plan: up to kSmemSeqs sequences, kSeqs of them per thread ---------------
 
 constexpr int kWarps = kThreads / 32;
 
-// Exclusive prefix over the CTA of each warp's `warp_total` (lane 31's inclusive scan), from
+// Exclusive prefix over the CTA of the warps' totals (each warp's lane 31 inclusive scan), from
 // `sums` after the barrier that follows their writes: every warp reads all kWarps sums itself, so
 // no second barrier. Returns the sum of the warps before this one; `total` gets all of them.
 __device__ __forceinline__ int warps_before(const int* sums, int& total) {
@@ -98,16 +93,6 @@ __device__ __forceinline__ int warps_before(const int* sums, int& total) {
   total = __shfl_sync(0xffffffffu, v, kWarps - 1);
   const int before = __shfl_sync(0xffffffffu, v, max(warp - 1, 0));
   return warp > 0 ? before : 0;
-}
-
-__device__ __forceinline__ int warp_inclusive_scan(int v) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, v, off);
-    if (lane >= off) v += n;
-  }
-  return v;
 }
 
 // Number of leading keys below x, for keys[0..n) non-decreasing; two searches at once (their
@@ -176,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
     pages[i] = live(i) ? num_pages_of(p, b0 + i) : 0;
     mine += live(i) ? pages[i] + p.fixed_cost : 0;
   }
-  const int incl = warp_inclusive_scan(mine);
+  const int incl = plan_detail::warp_inclusive_scan(mine, lane);
   if (lane == 31) unit_sums[warp] = incl;
   __syncthreads();
   int total;
@@ -189,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
     if (live(i)) {
       unit += pages[i] + p.fixed_cost;
       end[i] = unit - (p.fixed_cost - p.fixed_head);  // its charge's tail follows its pages
-      const int first = first_unit_of(end[i] - pages[i], end[i], p.fixed_head);
+      const int first = plan_detail::first_unit(end[i] - pages[i], end[i], p.fixed_head);
       end_unit[b0 + i] = end[i];
       first_unit[b0 + i] = first;
       if (price) cuts |= cutting_candidates(first, end[i], t0);
@@ -214,13 +199,13 @@ __global__ void __launch_bounds__(kThreads) metadata_smem_kernel(const MetadataP
   for (int i = 0; i < kSeqs; ++i) {
     first_part[i] = splits[i] = 0;
     if (live(i)) {
-      const int first = first_unit_of(end[i] - pages[i], end[i], p.fixed_head);
+      const int first = plan_detail::first_unit(end[i] - pages[i], end[i], p.fixed_head);
       first_part[i] = unsigned(first) / unsigned(per_part);
       splits[i] = int(unsigned(end[i] - 1) / unsigned(per_part)) - first_part[i] + 1;
       slots += splits[i] > 1 ? splits[i] : 0;
     }
   }
-  const int slot_incl = warp_inclusive_scan(slots);
+  const int slot_incl = plan_detail::warp_inclusive_scan(slots, lane);
   if (lane == 31) slot_sums[warp] = slot_incl;
 
   // Each part's range of sequences: those whose pages end after its start and whose first unit
