@@ -34,10 +34,15 @@ cudaError_t make_kv_tensor_map(const DecodeParams& p, CUtensorMap* tmap) {
                                  cuuint64_t(p.kv_page_stride) * 2};
   const cuuint32_t box[3] = {kBlockDims, kPageSize, 1};
   const cuuint32_t elem_strides[3] = {1, 1, 1};
+  // No L2 promotion: a box row is one token's 128-byte line, all a request needs. With 256-byte
+  // promotion each miss also filled the next atom column's line, and the L2, near its peak at 16
+  // heads, looked up 22% more sectors than it read from DRAM (ncu, docs/perf.md v14). A stream of
+  // these pages with no MMA reads 4.64 TB/s without promotion and 4.15 with it (an H200), and
+  // the decode at 16 heads, B = 128, L = 4k-32k is 1.07-1.08x faster (docs/perf.md v27).
   const CUresult res =
       encode(tmap, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<__nv_bfloat16*>(p.kv), dims,
              strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+             CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return res == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
