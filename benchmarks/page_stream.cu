@@ -145,34 +145,34 @@ PFN_cuTensorMapEncodeTiled_v12000 encoder() {
   return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
 }
 
-// The kernel's map with another L2 promotion (what it used before v27: 256 bytes).
-CUtensorMap nine_box_map(void* kv, int num_pages, CUtensorMapL2promotion promo) {
+// A 128B-swizzled bf16 map of kRank dims over the cache (the L2 policy is set per copy).
+template <int kRank>
+CUtensorMap tiled_map(void* kv, const cuuint64_t (&dims)[kRank],
+                      const cuuint64_t (&strides)[kRank - 1], const cuuint32_t (&box)[kRank],
+                      CUtensorMapL2promotion promo) {
   CUtensorMap map;
-  const cuuint64_t dims[3] = {kDimQK, kPageSize, cuuint64_t(num_pages)};
-  const cuuint64_t strides[2] = {kDimQK * 2, kPageSize * kDimQK * 2};
-  const cuuint32_t box[3] = {kBlockDims, kPageSize, 1}, ones[3] = {1, 1, 1};
-  if (encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, kv, dims, strides, box, ones,
+  cuuint32_t ones[kRank];
+  for (auto& o : ones) o = 1;
+  if (encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, kRank, kv, dims, strides, box, ones,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promo,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
-    std::printf("encoding the 3-D map failed\n");
+    std::printf("encoding the %d-D map failed\n", kRank);
     std::exit(1);
   }
   return map;
 }
 
+// The kernel's map with another L2 promotion (what it used before v27: 256 bytes).
+CUtensorMap nine_box_map(void* kv, int num_pages, CUtensorMapL2promotion promo) {
+  return tiled_map<3>(kv, {kDimQK, kPageSize, cuuint64_t(num_pages)},
+                      {kDimQK * 2, kPageSize * kDimQK * 2}, {kBlockDims, kPageSize, 1}, promo);
+}
+
 // (64 dims, 8 tokens, 9 atom columns, 8 token groups, pages): one box is a whole page.
 CUtensorMap five_d_map(void* kv, int num_pages, CUtensorMapL2promotion promo) {
-  CUtensorMap map;
-  const cuuint64_t dims[5] = {kBlockDims, 8, kDimBlocks, kPageSize / 8, cuuint64_t(num_pages)};
-  const cuuint64_t strides[4] = {kDimQK * 2, 128, 8 * kDimQK * 2, kPageSize * kDimQK * 2};
-  const cuuint32_t box[5] = {kBlockDims, 8, kDimBlocks, kPageSize / 8, 1}, ones[5] = {1, 1, 1, 1, 1};
-  if (encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 5, kv, dims, strides, box, ones,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promo,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
-    std::printf("encoding the 5-D map failed\n");
-    std::exit(1);
-  }
-  return map;
+  return tiled_map<5>(kv, {kBlockDims, 8, kDimBlocks, kPageSize / 8, cuuint64_t(num_pages)},
+                      {kDimQK * 2, 128, 8 * kDimQK * 2, kPageSize * kDimQK * 2},
+                      {kBlockDims, 8, kDimBlocks, kPageSize / 8, 1}, promo);
 }
 
 }  // namespace
