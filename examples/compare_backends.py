@@ -3,7 +3,7 @@
 
 One offline, decode-heavy workload, the same for every backend: a DeepSeek-V2-style model
 with dummy weights and many dense MLA layers (16; hidden 1024, kv_lora_rank 512, rope 64), with
-16 and with 128 query heads, a batch of 64 sequences of 4k-8k prompt tokens each, and 64 new
+16 and with 128 query heads, a batch of 64 sequences of 4k-8k prompt tokens each, and 256 new
 tokens per sequence, so that decode attention over long contexts dominates the step time.
 Full CUDA graphs for decode batches, no torch.compile (as examples/vllm_e2e.py runs them).
 
@@ -28,7 +28,15 @@ on the same prompts; the difference of their medians is N-1 decode steps of the 
     ms per decode step = (median t_N - median t_1) / (N - 1)
     decode tokens/s    = batch * (N - 1) / (median t_N - median t_1)
 
-vLLM's mean inter-token latency over the same runs is reported beside it as a cross-check.
+vLLM's mean inter-token latency (ITL) over the same runs is reported beside it: the engine's
+own time between two tokens of a request, which leaves out what the difference carries, the
+cost of submitting and prefilling the prompts in each call (in the 16-head runs of v24 and
+v27, t_1's standard deviation within one process was 0.02-0.05 s against ~0.24 s for 63
+decode steps: docs/perf.md v28; hence 256 new tokens by default, 64 before). --profile adds,
+after the timed runs, one generate() under vLLM's torch profiler (PROFILE_SKIP_STEPS steps in,
+at most 32 decode steps): the GPU's busy time and the decode attention kernels' time per step,
+and the busy time's share of the ITL, which says whether the step waits on the GPU or on the
+host.
 Checks per run: the log names the backend that ran (ours: our selection line and no fallback,
 and our decode kernel's line; the others: not ours, and vLLM's FLASHMLA when asked for),
 decode graphs were captured, no request was preempted, and the prompts hit the prefix cache.
@@ -153,6 +161,105 @@ def decode_stats(t_1: list[float], t_n: list[float], max_tokens: int, batch: int
     return out
 
 
+# Decode attention kernels by family, matched against the demangled kernel names of a trace:
+# ours (namespace mla::), vLLM's FlashAttention-3 (flash::), FlashMLA, Triton MLA, FlashInfer.
+# vLLM's KV-cache write (concat_and_cache_mla) is the same for every backend and is left out.
+ATTENTION_KERNELS = re.compile(
+    r"\bmla::|\bflash::|flash_fwd_splitkv_mla|flash_fwd_mla_combine|get_mla_metadata|flashmla"
+    r"|_fwd_grouped_kernel|_fwd_kernel_stage|BatchMLAPaged",
+    re.IGNORECASE,
+)
+GPU_EVENT_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+PROFILE_SKIP_STEPS = 2  # engine steps before the profiled ones: the prefill, the first decode
+
+
+def step_profile(events: list[dict], layers: int, top: int = 8) -> dict:
+    """GPU time per decode step from the GPU events of a torch-profiler trace of decode steps.
+
+    The step count comes from the trace: the most frequent decode attention kernel runs once per
+    layer and step (ours: the decode and combine kernels; FA3: its forward kernel). Per step:
+    the GPU's busy time (the union of its events' intervals, any stream), the sum of the
+    attention kernels (`ATTENTION_KERNELS`) and the window from the first event's start to the
+    last one's end, which with the profiler's own host overhead is an upper bound on the
+    unprofiled step. Kernel durations are the GPU's own, unaffected by that overhead.
+    """
+    gpu = [
+        e
+        for e in events
+        if e.get("ph") == "X" and e.get("cat") in GPU_EVENT_CATS and e.get("dur") is not None
+    ]
+    out: dict = {"gpu_events": len(gpu)}
+    if not gpu or layers < 1:
+        return out
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in gpu)
+    busy, cur_lo, cur_hi = 0.0, *spans[0]
+    for lo, hi in spans[1:]:
+        if lo > cur_hi:
+            busy += cur_hi - cur_lo
+            cur_lo, cur_hi = lo, hi
+        else:
+            cur_hi = max(cur_hi, hi)
+    busy += cur_hi - cur_lo
+    window = max(hi for _, hi in spans) - spans[0][0]
+    by_name: dict[str, list[float]] = {}
+    for e in gpu:
+        by_name.setdefault(str(e.get("name", "?")), []).append(float(e["dur"]))
+    attention = {n: d for n, d in by_name.items() if ATTENTION_KERNELS.search(n)}
+    calls = max((len(d) for d in attention.values()), default=0)
+    out["attention_kernels"] = sorted(attention)
+    if not calls:
+        return out
+    steps = calls / layers
+    us = 1e-3 / steps  # µs in the trace -> ms per step
+    ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    out.update(
+        steps=round(steps, 2),
+        window_ms=window * us,
+        busy_ms=busy * us,
+        kernel_ms=sum(sum(d) for d in by_name.values()) * us,
+        attention_ms=sum(sum(d) for d in attention.values()) * us,
+        attention_calls=sum(len(d) for d in attention.values()) / steps,
+        top=[{"name": n[:160], "ms": sum(d) * us, "calls": len(d) / steps} for n, d in ranked],
+    )
+    return out
+
+
+def read_trace_events(folder: Path) -> list[dict]:
+    """The events of every torch-profiler trace (`*.json` or `*.json.gz`) under folder."""
+    import gzip
+
+    events: list[dict] = []
+    for path in sorted(folder.rglob("*.json*")):
+        if not (path.name.endswith(".json") or path.name.endswith(".json.gz")):
+            continue
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt") as f:
+            data = json.load(f)
+        events += data.get("traceEvents", []) if isinstance(data, dict) else data
+    return events
+
+
+def profile_steps(max_tokens: int) -> int:
+    """Decode steps to profile in a generate() of max_tokens new tokens: its steps are the
+    prefill and max_tokens - 1 decodes; skip PROFILE_SKIP_STEPS, keep one back, at most 32."""
+    return max(1, min(32, max_tokens - PROFILE_SKIP_STEPS - 1))
+
+
+def profiler_config(folder: Path, max_tokens: int) -> dict:
+    """vLLM's `profiler_config` for --profile: the torch profiler, a trace of the engine's
+    decode steps only (no frontend, stacks, shapes or summary table) written under folder."""
+    return {
+        "profiler": "torch",
+        "torch_profiler_dir": str(folder),
+        "torch_profiler_with_stack": False,
+        "torch_profiler_record_shapes": False,
+        "torch_profiler_dump_cuda_time_total": False,
+        "ignore_frontend": True,
+        "delay_iterations": PROFILE_SKIP_STEPS,
+        "max_iterations": profile_steps(max_tokens),
+    }
+
+
 def child_deadline(end_at: float, n: int, index: int) -> float:
     """When child `index` (0-based, of n, run in order) must be done: the end of the whole
     budget, less a reserve for each child after it."""
@@ -249,6 +356,7 @@ def evaluate(
         }
         base_ms = [(r.get("stats") or {}).get("ms_per_step") for r in runs_of["default"]]
         base_itl = [r.get("itl_ms") for r in runs_of["default"]]
+        base_attn = [(r.get("profile") or {}).get("attention_ms") for r in runs_of["default"]]
         for b in backends:
             runs = runs_of[b]
             evs = [evidence.get((b, h), {}).get(i) for i in range(rounds)]
@@ -259,6 +367,9 @@ def evaluate(
             ev = next((e for e in evs if e), None)
             ms = [st.get("ms_per_step") for st in stats]
             itl = [r.get("itl_ms") for r in runs]
+            prof = [r.get("profile") or {} for r in runs]
+            busy = [p.get("busy_ms") for p in prof]
+            attn = [p.get("attention_ms") for p in prof]
             if backend_setup(b)[0]:
                 shown = "CUSTOM (mla_backend)"
             else:  # vLLM logs its automatic choice once per process
@@ -281,6 +392,11 @@ def evaluate(
                 "speedup_vs_default": _ratio(_median(base_ms), _median(ms)),
                 "itl_ms": _median(itl),
                 "itl_vs_default": _ratio(_median(base_itl), _median(itl)),
+                # --profile: GPU time per decode step, and its share of the step (the ITL)
+                "gpu_busy_ms": _median(busy),
+                "gpu_busy_share": _median([_ratio(b, i) for b, i in zip(busy, itl, strict=True)]),
+                "attention_ms": _median(attn),
+                "attention_vs_default": _ratio(_median(base_attn), _median(attn)),
                 "init_s": _median([r.get("init_s") for r in runs]),
                 "t1_median_s": _median([st.get("t1_median_s") for st in stats]),
                 "tn_median_s": _median([st.get("tn_median_s") for st in stats]),
@@ -298,6 +414,8 @@ def evaluate(
                         "itl_ms": itl[i],
                         "speedup_vs_default": _ratio(base_ms[i], ms[i]),
                         "itl_vs_default": _ratio(base_itl[i], itl[i]),
+                        "gpu_busy_ms": busy[i],
+                        "attention_ms": attn[i],
                     }
                     for i in range(rounds)
                 ]
@@ -331,6 +449,18 @@ def report(rows: list[dict]) -> list[str]:
                 + " ".join(_num(x["ms_per_step"], ".3f") for x in r["rounds"])
                 + "; ITL ms "
                 + " ".join(_num(x["itl_ms"], ".3f") for x in r["rounds"])
+            )
+        if r.get("gpu_busy_ms") is not None:
+            share = r.get("gpu_busy_share")
+            lines.append(
+                f"      profile: GPU busy {r['gpu_busy_ms']:.3f} ms/step"
+                + (f" ({share:.2f} of the ITL)" if share else "")
+                + f", decode attention {_num(r.get('attention_ms'), '.3f')} ms/step"
+                + (
+                    f" ({r['attention_vs_default']:.2f}x the default's)"
+                    if r.get("attention_vs_default")
+                    else ""
+                )
             )
         if r.get("error"):
             lines.append(f"      error: {r['error'][:300]}")
@@ -436,6 +566,9 @@ def run_one(backend: str, heads: int, args, LLM, SamplingParams) -> dict:
     )
     if asked:
         kw["attention_config"] = {"backend": asked}
+    profile_dir = Path(f"{args.raw}-h{heads}-trace") if args.profile else None
+    if profile_dir is not None:
+        kw["profiler_config"] = profiler_config(profile_dir, args.max_tokens)
     result: dict = {"backend": backend, "heads": heads}
     t0 = time.time()
     llm = LLM(**kw)
@@ -466,7 +599,17 @@ def run_one(backend: str, heads: int, args, LLM, SamplingParams) -> dict:
         result["t_1"], result["t_n"] = t_1, t_n
         result["stats"] = decode_stats(t_1, t_n, args.max_tokens, args.batch)
         result["itl_ms"] = 1e3 * statistics.median(itl) if itl else None
+        result["itl_ms_runs"] = [1e3 * x for x in itl]
         result["status"] = "ok"
+        if profile_dir is not None:  # after the timed runs, so that it slows none of them
+            try:
+                llm.start_profile()
+                timed_generate(llm, prompts, args.max_tokens, SamplingParams)
+                llm.stop_profile()
+                result["profile"] = step_profile(read_trace_events(profile_dir), args.layers)
+            except Exception as e:  # the profile is a diagnosis; the timing above stands
+                result["profile"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            result["profile"]["trace_dir"] = str(profile_dir)
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm
@@ -575,7 +718,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=16, help="dense MLA layers")
     ap.add_argument("--batch", type=int, default=64, help="sequences decoded together")
     ap.add_argument("--prompt-len", default="4096-8192", help="N or LO-HI (uniform, seeded)")
-    ap.add_argument("--max-tokens", type=int, default=64, help="new tokens per sequence (>= 2)")
+    ap.add_argument("--max-tokens", type=int, default=256, help="new tokens per sequence (>= 2)")
     ap.add_argument("--repeats", type=int, default=3, help="timed pairs per run (median)")
     ap.add_argument(
         "--rounds", type=int, default=1, help="processes per backend, in alternating order"
@@ -583,6 +726,12 @@ def main() -> None:
     ap.add_argument("--gpu-mem", type=float, default=0.4, help="gpu_memory_utilization")
     ap.add_argument("--max-num-batched-tokens", type=int, default=16384)
     ap.add_argument("--deadline", type=float, default=270, help="seconds for everything")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed runs, one more under vLLM's torch profiler: GPU time and decode "
+        "attention time per step (step_profile)",
+    )
     ap.add_argument("--model-root", default=str(Path(tempfile.gettempdir()) / "mla_cmp_models"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--raw", help=argparse.SUPPRESS)
@@ -631,6 +780,8 @@ def main() -> None:
         "max_num_batched_tokens", "model_root",
     ):  # fmt: skip
         flags += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.profile:
+        flags.append("--profile")
     children = []
     # The first process's share of the deadline (child_deadline, relative to the start); it needs
     # about a reserve's worth beyond MIN_RUN_S to run one head config.
@@ -710,6 +861,7 @@ def main() -> None:
         "rounds": args.rounds,
         "gpu_memory_utilization": args.gpu_mem,
         "max_num_batched_tokens": args.max_num_batched_tokens,
+        "profile": args.profile,
         "backends": backends,
         "model": bench_model_config(heads[0], args.layers, max_model_len(hi, args.max_tokens)),
     }

@@ -58,6 +58,59 @@ def test_decode_stats():
     assert cb.decode_stats([0.5], [0.4], 8, 4)["ms_per_step"] is None
 
 
+def test_step_profile():
+    """Busy time is the union of the GPU events (overlaps counted once), the steps come from the
+    most frequent attention kernel's calls per layer, CPU events and other kernels are left out
+    of the attention time."""
+    attn = "void mla::sm90::decode::decode_kernel<false>(mla::DecodeParams)"
+    comb = "void mla::(anonymous namespace)::combine_seq_kernel<4>(mla::DecodeParams)"
+    ev = [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1e6}]
+    t = 1000.0
+    for _ in range(3):  # 3 steps x 2 layers
+        for _ in range(2):
+            ev.append({"ph": "X", "cat": "kernel", "name": attn, "ts": t, "dur": 100})
+            # a GEMM on another stream, half of it under the attention kernel
+            ev.append({"ph": "X", "cat": "kernel", "name": "gemm", "ts": t + 50, "dur": 100})
+            ev.append({"ph": "X", "cat": "kernel", "name": comb, "ts": t + 150, "dur": 10})
+            ev.append({"ph": "X", "cat": "kernel", "name": "concat_and_cache_mla_kernel",
+                       "ts": t + 160, "dur": 10})  # fmt: skip
+            t += 200
+        t += 600  # idle
+    ev.append({"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "ts": t, "dur": 20})
+    p = cb.step_profile(ev, layers=2)
+    assert p["steps"] == 3 and p["gpu_events"] == 25
+    assert p["attention_kernels"] == sorted([attn, comb])
+    assert p["attention_ms"] == pytest.approx(2 * 110 / 1e3)
+    assert p["attention_calls"] == 4
+    assert p["busy_ms"] == pytest.approx((2 * 170 + 20 / 3) / 1e3)  # 0..170 of each layer
+    assert p["kernel_ms"] == pytest.approx((2 * 220 + 20 / 3) / 1e3)
+    assert p["window_ms"] == pytest.approx((t + 20 - 1000) / 3 / 1e3)
+    assert p["top"][0]["name"] == attn and p["top"][0]["calls"] == 2
+    # no attention kernel: no step count, no per-step numbers
+    other = [e for e in ev if "mla::" not in e["name"]]
+    assert "steps" not in cb.step_profile(other, layers=2)
+    assert cb.step_profile([], layers=2) == {"gpu_events": 0}
+    for name in ("flash_fwd_splitkv_mla_kernel", "void flash::FlashAttnFwdCombine<...>",
+                 "_fwd_grouped_kernel_stage1"):  # fmt: skip
+        assert cb.ATTENTION_KERNELS.search(name)
+    for name in ("concat_and_cache_mla_kernel", "nvjet_tst_128x64", "rms_norm_kernel"):
+        assert not cb.ATTENTION_KERNELS.search(name)
+    assert cb.profile_steps(64) == 32 and cb.profile_steps(9) == 6 and cb.profile_steps(2) == 1
+
+
+def test_profiler_config_is_vllms(tmp_path):
+    """--profile's profiler config is one vLLM 0.26 accepts, with the fields the child relies
+    on (a typo in a key would be an error here, not on the GPU host)."""
+    config = pytest.importorskip("vllm.config.profiler")
+    want = cb.profiler_config(tmp_path / "trace", max_tokens=256)
+    got = config.ProfilerConfig(**want)
+    assert got.profiler == "torch" and got.torch_profiler_dir == str(tmp_path / "trace")
+    assert got.delay_iterations == cb.PROFILE_SKIP_STEPS and got.max_iterations == 32
+    assert got.ignore_frontend and not got.torch_profiler_with_stack
+    with pytest.raises((TypeError, ValueError)):  # pydantic's ValidationError is a ValueError
+        config.ProfilerConfig(**want, no_such_field=1)
+
+
 def test_child_deadline():
     assert cb.child_deadline(1000.0, 3, 2) == 1000.0
     assert cb.child_deadline(1000.0, 3, 0) == 1000.0 - 2 * cb.CHILD_RESERVE_S
@@ -100,11 +153,22 @@ def test_log_parsing_and_checks():
 
 FAKE_VLLM = '''
 """Stand-in for vLLM's offline API: logs like vLLM, sleeps like a decode step."""
+import gzip
+import json
 import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 STEP_S = {"default": 0.004, "flashmla": 0.003, "ours": 0.002}
+# the decode attention kernels of a step, by backend: (name, share of the step per layer)
+KERNELS = {
+    "default": [("void cutlass::device_kernel<flash::enable_sm90_or_later<flash::FlashAttnFwdSm90"
+                 "<flash::CollectiveMainloopFwdSm90<2, 1, 64> > > >(...)", 0.5)],
+    "flashmla": [("flash_fwd_splitkv_mla_kernel<...>", 0.4), ("flash_fwd_mla_combine_kernel", 0.1)],
+    "ours": [("void mla::sm90::decode::decode_kernel<false>(mla::DecodeParams, ...)", 0.3),
+             ("void mla::(anonymous namespace)::combine_rows_kernel<1>(mla::DecodeParams)", 0.1)],
+}
 
 
 class SamplingParams:
@@ -130,6 +194,26 @@ class LLM:
         self.n_itl = self.s_itl = self.queries = self.hits = 0.0
         self.seen = set()
         self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=lambda: None))
+        self.profiler = kw.get("profiler_config")
+        self.layers = json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"]
+        self.profiling = False
+        self.events = []
+
+    def start_profile(self):
+        assert self.profiler and self.profiler["profiler"] == "torch"
+        self.profiling = True
+
+    def stop_profile(self):
+        """Writes what vLLM's torch profiler would: one trace of the decode steps after the
+        delay, at most max_iterations of them; per layer the backend's attention kernels, a
+        GEMM and a cache write (not attention); kernels of one step back to back."""
+        self.profiling = False
+        folder = Path(self.profiler["torch_profiler_dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+        trace = {"traceEvents": self.events + [{"ph": "X", "cat": "cpu_op", "name": "aten::mm",
+                                                "ts": 0, "dur": 5}]}
+        with gzip.open(folder / "rank0.123.pt.trace.json.gz", "wt") as f:
+            json.dump(trace, f)
 
     def generate(self, prompts, params, use_tqdm=False):
         n = params.max_tokens
@@ -140,6 +224,21 @@ class LLM:
             self.hits += len(key) - 1 if key in self.seen else 0
             self.seen.add(key)
         time.sleep(0.01 + step * (n - 1))
+        if self.profiling:
+            steps = min(n - 1 - (self.profiler["delay_iterations"] - 1),
+                        self.profiler["max_iterations"])
+            layer_us = step * 1e6 / self.layers
+            t = 0.0
+            for _ in range(steps):
+                for _ in range(self.layers):
+                    attention = sum(share for _, share in KERNELS[self.kind])
+                    kernels = KERNELS[self.kind] + [("nvjet_tst_gemm", 0.9 - attention),
+                                                    ("concat_and_cache_mla_kernel", 0.1)]
+                    for name, share in kernels:
+                        self.events.append({"ph": "X", "cat": "kernel", "name": name,
+                                            "ts": t, "dur": share * layer_us})
+                        t += share * layer_us
+                t += 0.05 * step * 1e6  # the GPU idle between steps
         if n > 1 and self.kind == "ours":
             print("INFO mla_backend: decode batch with 1 query token(s) per request", flush=True)
         self.n_itl += len(prompts) * (n - 1)
@@ -223,6 +322,32 @@ def test_rounds_alternate_processes_and_take_medians(tmp_path):
     assert rows["ours"]["itl_vs_default"] == pytest.approx(2.0)
     assert all(x["itl_vs_default"] == pytest.approx(2.0) for x in rows["ours"]["rounds"])
     assert "per process: ms/step" in result.stdout
+
+
+def test_profile_with_stand_in_vllm(tmp_path):
+    """--profile: each process profiles one more generate() after its timed runs through
+    vLLM's profiler config (delay, step limit, trace folder) and reports GPU and attention time
+    per step from the trace; the row's attention ratio is against the default's."""
+    result, out = run_with_stand_in(
+        tmp_path, "--heads", "16", *SMALL, "--backends", "default,ours", "--profile"
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = json.loads((out / "compare_backends.json").read_text())
+    assert summary["config"]["profile"] is True
+    rows = {r["backend"]: r for r in summary["rows"]}
+    for b, step_ms, attn_share in (("default", 4.0, 0.5), ("ours", 2.0, 0.4)):
+        r = rows[b]
+        assert r["ok"], r
+        prof = summary["runs"][f"{b}/h16"]["profile"]
+        assert prof["steps"] == cb.profile_steps(9), prof
+        assert r["attention_ms"] == pytest.approx(attn_share * step_ms)
+        assert r["gpu_busy_ms"] == pytest.approx(1.0 * step_ms)
+        assert r["gpu_busy_share"] == pytest.approx(1.0)
+        assert prof["window_ms"] == pytest.approx(1.05 * step_ms, rel=0.01)
+        assert len(summary["runs"][f"{b}/h16"]["itl_ms_runs"]) == 2
+    assert rows["ours"]["attention_vs_default"] == pytest.approx(2.0 / 0.8)
+    assert "profile: GPU busy 2.000 ms/step (1.00 of the ITL)" in result.stdout
+    assert "(2.50x the default's)" in result.stdout
 
 
 def test_deadline_skips_everything(tmp_path):
