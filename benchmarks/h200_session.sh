@@ -13,10 +13,10 @@
 # default .bench_base, when it exists), ncu (per-kernel times of a few shapes through
 # benchmarks/profile_case.py), stalls (benchmarks/stall_regions.py: ncu stall samples of
 # warpgroup S's loop by region), grid, lastcase, e2e (compare_backends + serve),
-# serve (serve_deepseek.py, with the wheels in .whl/), compare16 (compare_backends at 16 heads,
-# profiled, with 16 and 61 layers), stream (build and run benchmarks/page_stream.cu). Result
-# folders are packed into $OUT/results-<time>.tgz (and many logs into $OUT/logs-<time>.tgz)
-# after the grid and at the end.
+# serve (serve_deepseek.py, with the wheels in .whl/), compare16 and compare61
+# (compare_backends at 16 heads, profiled, 16 and 61 layers), stream (build and run
+# benchmarks/page_stream.cu). Result folders are packed into $OUT/results-<time>.tgz (and many
+# logs into $OUT/logs-<time>.tgz) after the grid and at the end.
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 BASE=${BASE:-$PWD/.bench_base}
@@ -103,18 +103,20 @@ for s in "$@"; do
       run_serve
       pack ;;
     serve) run_serve ;;
-    compare16)  # the 16-head target's run: two processes per backend, profiled; then with
-      # DeepSeek-V3's 61 layers (a tensor-parallel rank's 16 heads keep every layer)
+    compare16)  # the 16-head target's run: two processes per backend, profiled (~4 min)
       TAIL=8 step compare16 290 python3 examples/compare_backends.py --heads 16 --rounds 2 \
-        --backends default,ours --repeats 5 --profile --deadline 280 --out "$OUT/cmp16"
-      TAIL=8 step compare16_l61 290 python3 examples/compare_backends.py --heads 16 --rounds 2 \
+        --backends default,ours --repeats 5 --profile --deadline 280 --out "$OUT/cmp16" ;;
+    compare61)  # the same with DeepSeek-V3's 61 layers: a tensor-parallel rank with 16 heads
+      # keeps every layer (~4-5 min; a device call of its own after compare16)
+      TAIL=8 step compare61 290 python3 examples/compare_backends.py --heads 16 --rounds 2 \
         --backends default,ours --repeats 5 --layers 61 --profile --deadline 280 \
-        --out "$OUT/cmp16_l61" ;;
+        --out "$OUT/cmp61" ;;
     stream)  # benchmarks/page_stream.cu: a stream of KV pages through the kernel's page load
       step stream_build 120 nvcc -O3 -std=c++17 -arch=sm_90a -Icsrc/include -Icsrc \
         benchmarks/page_stream.cu csrc/sm90/launch_utils.cu -o /tmp/page_stream &&
         TAIL=40 step stream 120 /tmp/page_stream ;;
-    compare) TAIL=12 step compare 330 python3 examples/compare_backends.py --profile --out "$OUT/cmp" ;;
+    compare)
+      TAIL=12 step compare 330 python3 examples/compare_backends.py --profile --out "$OUT/cmp" ;;
     lastcase)  # the grid's last uniform case, where Triton faulted, with the other rivals
       TAIL=3 step lastcase 120 python3 benchmarks/bench_decode.py --heads 128 --sq 4 --batch 128 \
         --contexts 32768 --dists uniform --impls ours,flashmla,fa3 --no-plots --out "$OUT/lastcase" ;;
