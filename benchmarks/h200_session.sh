@@ -97,6 +97,8 @@ for s in "$@"; do
         --out "$OUT/grid_uniform"
       TAIL=3 step grid_skewed 300 python3 benchmarks/bench_decode.py --dists skewed \
         --impls ours,flashmla,fa3 --out "$OUT/grid_skewed"
+      python3 benchmarks/targets.py "$OUT"/grid_uniform/bench_decode.csv \
+        "$OUT"/grid_skewed/bench_decode.csv --out "$OUT/targets.txt" | grep -v '^    '
       pack ;;
     e2e)
       TAIL=20 step compare 330 python3 examples/compare_backends.py --profile --out "$OUT/cmp"
