@@ -11,7 +11,7 @@ Model: --model PATH (a real DeepSeek-V2/V3-style checkpoint, or any name vLLM ca
 prompts, --trust-remote-code). Without --model: examples/vllm_e2e.py's tiny DeepSeek-V2-style
 config (2 dense layers, hidden 1024, kv_lora_rank 512; --heads 16 or 128) served with
 --load-format dummy and --skip-tokenizer-init, its weights re-drawn as in vllm_e2e.py;
-prompts are token ids (512 and 2048 tokens) and the answers carry token ids.
+prompts are token ids (511 and 2048 tokens) and the answers carry token ids.
 
 Default vLLM flags: CUDA graphs for decode batches without torch.compile (compilation mode 0,
 FULL_DECODE_ONLY, as vllm_e2e.py runs them; --eager for none, --vllm-default-compile for
