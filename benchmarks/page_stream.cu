@@ -12,7 +12,6 @@
 // a layout the kernel does not use (it was measured on exp/v29-layout); a check reads it back.
 #include <cuda.h>
 #include <cuda_runtime.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -137,14 +136,6 @@ __global__ void ldg_read(const uint4* p, size_t n, unsigned long long* sink) {
 
 namespace {
 
-PFN_cuTensorMapEncodeTiled_v12000 encoder() {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult status;
-  CHECK_CUDA(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
-                                              cudaEnableDefault, &status));
-  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-}
-
 // A 128B-swizzled bf16 map of kRank dims over the cache (the L2 policy is set per copy).
 template <int kRank>
 CUtensorMap tiled_map(void* kv, const cuuint64_t (&dims)[kRank],
@@ -153,9 +144,14 @@ CUtensorMap tiled_map(void* kv, const cuuint64_t (&dims)[kRank],
   CUtensorMap map;
   cuuint32_t ones[kRank];
   for (auto& o : ones) o = 1;
-  if (encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, kRank, kv, dims, strides, box, ones,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promo,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+  const auto encode = encode_fn();  // the extension's own lookup (sm90/launch_utils.cu)
+  if (encode == nullptr) {
+    std::printf("the driver has no cuTensorMapEncodeTiled\n");
+    std::exit(1);
+  }
+  if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, kRank, kv, dims, strides, box, ones,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promo,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     std::printf("encoding the %d-D map failed\n", kRank);
     std::exit(1);
   }

@@ -1,15 +1,10 @@
 // Host helpers shared by the sm90 decode launchers: the KV tensor map and the shared-memory opt-in.
 #include "sm90/launch_utils.h"
 
-#include <cudaTypedefs.h>
-
 #include "sm90/page_tile.cuh"
 
 namespace mla::sm90 {
-namespace {
 
-// cuTensorMapEncodeTiled through the runtime's driver entry point: no link against libcuda, so
-// the extension still loads on machines without a GPU driver.
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
     void* ptr = nullptr;
@@ -23,8 +18,6 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   }();
   return fn;
 }
-
-}  // namespace
 
 cudaError_t make_kv_tensor_map(const DecodeParams& p, CUtensorMap* tmap) {
   const auto encode = encode_fn();

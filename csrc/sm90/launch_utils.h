@@ -2,12 +2,17 @@
 #pragma once
 
 #include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include "mla/params.h"
 #include "sm90/page_tile.cuh"
 
 namespace mla::sm90 {
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point: no link against libcuda, so
+// the extension still loads on machines without a GPU driver. Null when the driver has none.
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn();
 
 // The cache as a 3-D tensor [num_pages][64 tokens][576 dims] with its own strides; one box is a
 // 64-dim atom column of a whole page, written 128B-swizzled.
