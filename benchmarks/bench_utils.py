@@ -240,6 +240,17 @@ def read_csv(path: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def merge_csvs(paths: Iterable[str]) -> dict[tuple, dict]:
+    """The rows of several CSVs by (heads, s_q, batch, context, dist, impl, mode), a later
+    file's row replacing an earlier one's: for grids split over runs or partly rerun."""
+    merged: dict[tuple, dict] = {}
+    for path in paths:
+        for row in read_csv(path):
+            key = tuple(int(row[k]) for k in ("heads", "s_q", "batch", "context"))
+            merged[key + (row["dist"], row["impl"], row["mode"])] = row
+    return merged
+
+
 # ---------------------------------------------------------------------------------------------
 # Text report
 

@@ -20,6 +20,7 @@ from bench_utils import (  # noqa: E402
     TABLE_HEADER,
     Case,
     geomean,
+    merge_csvs,
     read_csv,
     speedup,
     summary_lines,
@@ -45,11 +46,7 @@ def main(argv: list[str]) -> int:
         return 2
     out_dir = Path(argv[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    merged: dict[tuple, dict] = {}
-    for path in argv[1:]:
-        for row in map(typed, read_csv(path)):
-            key = (row["heads"], row["s_q"], row["batch"], row["context"], row["dist"])
-            merged[key + (row["impl"], row["mode"])] = row
+    merged = {k: typed(row) for k, row in merge_csvs(argv[1:]).items()}
     cases: dict[tuple, list[dict]] = {}
     for key, row in merged.items():
         cases.setdefault(key[:5], []).append(row)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_utils import geomean, read_csv, timed_us  # noqa: E402
+from bench_utils import geomean, merge_csvs, timed_us  # noqa: E402
 
 RIVALS = ("flashmla", "fa3")  # the issue's rivals (Triton is benchmarked, never the faster)
 MEMORY_BOUND_ROWS = 96
@@ -76,16 +76,10 @@ def _float(value: str | None) -> float | None:
 
 def load(paths: Sequence[str]) -> dict[Key, CaseResult]:
     """Whole-step results per case from bench_decode.py CSVs, later files winning."""
-    merged: dict[tuple, dict] = {}
-    for path in paths:
-        for row in read_csv(path):
-            if row.get("mode") != "whole":
-                continue
-            key = (int(row["heads"]), int(row["s_q"]), int(row["batch"]), int(row["context"]))
-            merged[key + (row["dist"], row["impl"])] = row
     by_case: dict[Key, dict[str, dict]] = {}
-    for k, row in merged.items():
-        by_case.setdefault(k[:5], {})[k[5]] = row
+    for k, row in merge_csvs(paths).items():
+        if k[6] == "whole":
+            by_case.setdefault(k[:5], {})[k[5]] = row
     out = {}
     for key, impls in by_case.items():
         usable = {}
